@@ -1,0 +1,1 @@
+"""signlock.orchestrator"""

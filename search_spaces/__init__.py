@@ -1,0 +1,1 @@
+"""signlock.search_spaces"""

@@ -1,0 +1,347 @@
+"""Typed trial configuration: nested kw-only dataclasses that round-trip through JSON exactly.
+
+Defaults are the paper's (Appendix C.4 for TinyCharLM, C.4.2 for the tracker, Section 4 for the
+interventions). Every value is checked in ``__post_init__``; a bad value raises ``ConfigError``
+naming the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from signlock.trainables.errors import ConfigError
+
+ModelKind = Literal["gpt", "mlp"]
+DatasetName = Literal["tinyshakespeare", "text8", "synthetic", "mnist", "text-file"]
+ScheduleKind = Literal["constant", "cosine", "exponential", "inverse"]
+FactorDist = Literal["normal", "uniform"]
+DType = Literal["float32", "bfloat16"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+def _require(ok: bool, field_name: str, value: object, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(field_name, value, allowed)
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """Architecture. ``gpt`` covers TinyCharLM (C.4), the scale family (C.5) and the synthetic LM
+    (C.3.6); ``mlp`` is the MNIST VisionMLP (E.2). ``vocab_size`` is taken from the dataset."""
+
+    kind: ModelKind = "gpt"
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    d_ff: int = 256
+    context_length: int = 256
+    pos_init: Literal["normal", "zero"] = "normal"  # C.5 zero-initialises positions
+    hidden_sizes: list[int] = field(default_factory=lambda: [256, 256])  # mlp only
+    sigma_init: float = 0.02
+    dtype: DType = "float32"  # C.5 stores weights in bf16, LayerNorm stays fp32
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("d_model", "n_layers", "n_heads", "d_ff", "context_length"):
+            value = getattr(self, name)
+            _require(value >= 1, f"model.{name}", value, "an integer >= 1")
+        _require(
+            self.d_model % self.n_heads == 0,
+            "model.n_heads",
+            self.n_heads,
+            f"a divisor of model.d_model={self.d_model}",
+        )
+        _require(
+            all(h >= 1 for h in self.hidden_sizes),
+            "model.hidden_sizes",
+            self.hidden_sizes,
+            "positive integers",
+        )
+        _require(self.sigma_init > 0, "model.sigma_init", self.sigma_init, "a number > 0")
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """Dataset and batching. ``path`` points at a local copy (text file or ``mnist.npz``); without it
+    the dataset is downloaded into ``cache_dir`` and checked by SHA-256. ``synthetic`` needs
+    neither and is the offline default."""
+
+    dataset: DatasetName = "tinyshakespeare"
+    path: str | None = None
+    cache_dir: str | None = None  # default: $SIGNLOCK_CACHE or ~/.cache/signlock
+    seq_len: int = 64
+    batch_size: int = 64
+    eval_batches: int = 20
+    eval_batch_size: int | None = None  # default: batch_size (512 for mnist, E.2)
+    val_fraction: float = 0.1
+    synthetic_vocab: int = 256  # C.3.6
+    synthetic_seq_len: int = 128
+    synthetic_sequences: int = 4096
+    synthetic_seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("seq_len", "batch_size", "eval_batches", "synthetic_vocab",
+                     "synthetic_seq_len", "synthetic_sequences"):
+            value = getattr(self, name)
+            _require(value >= 1, f"data.{name}", value, "an integer >= 1")
+        if self.eval_batch_size is not None:
+            _require(self.eval_batch_size >= 1, "data.eval_batch_size", self.eval_batch_size,
+                     "an integer >= 1 or null")
+        _require(0 < self.val_fraction < 1, "data.val_fraction", self.val_fraction,
+                 "a number in (0, 1)")
+        _require(self.dataset != "text-file" or self.path is not None, "data.path", self.path,
+                 "a file path when data.dataset='text-file'")
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    """AdamW (C.4, C.5). ``eight_bit`` uses bitsandbytes' AdamW8bit when it and CUDA are present."""
+
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    grad_clip: float | None = None  # C.5 clips the global norm at 1.0
+    eight_bit: bool = False
+
+    def __post_init__(self) -> None:
+        _require(self.lr > 0, "optim.lr", self.lr, "a number > 0")
+        _require(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "a number >= 0")
+        _require(0 <= self.beta1 < 1, "optim.beta1", self.beta1, "a number in [0, 1)")
+        _require(0 <= self.beta2 < 1, "optim.beta2", self.beta2, "a number in [0, 1)")
+        _require(self.eps > 0, "optim.eps", self.eps, "a number > 0")
+        _require(self.grad_clip is None or self.grad_clip > 0, "optim.grad_clip", self.grad_clip,
+                 "a number > 0 or null")
+
+
+@dataclass(kw_only=True)
+class ScheduleConfig:
+    """Learning-rate schedule of D.4.5: constant, or linear warmup then cosine, exponential (γ) or
+    inverse (p) decay."""
+
+    kind: ScheduleKind = "constant"
+    warmup_steps: int = 0
+    gamma: float = 0.999  # exponential: η = η_max γ^k after warmup
+    power: float = 0.5  # inverse: η = η_max (1 + k)^(-p) after warmup
+
+    def __post_init__(self) -> None:
+        _require(self.warmup_steps >= 0, "schedule.warmup_steps", self.warmup_steps,
+                 "an integer >= 0")
+        _require(0 < self.gamma < 1, "schedule.gamma", self.gamma, "a number in (0, 1)")
+        _require(self.power > 0, "schedule.power", self.power, "a number > 0")
+
+
+@dataclass(kw_only=True)
+class InitConfig:
+    """Initialisation interventions (Section 4, E.3.1–E.3.2).
+
+    ``a_init`` (absolute) or ``c_gap`` (so that a_init = c_gap·σ_init) turns on gap initialisation;
+    ``template_rank`` turns on the low-rank sign template T = sign(G Hᵀ). ``targets`` selects
+    parameters by exact name; empty means every matrix-shaped parameter (dim >= 2)."""
+
+    a_init: float | None = None
+    c_gap: float | None = None
+    template_rank: int | None = None
+    template_dist: FactorDist = "normal"
+    template_seed: int = 1234
+    targets: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _require(self.a_init is None or self.a_init >= 0, "init.a_init", self.a_init,
+                 "a number >= 0 or null")
+        _require(self.c_gap is None or self.c_gap >= 0, "init.c_gap", self.c_gap,
+                 "a number >= 0 or null")
+        _require(self.a_init is None or self.c_gap is None, "init.c_gap", self.c_gap,
+                 "null when init.a_init is given (set one of a_init, c_gap)")
+        _require(self.template_rank is None or self.template_rank >= 1, "init.template_rank",
+                 self.template_rank, "an integer >= 1 or null")
+
+    def gap_threshold(self, sigma_init: float) -> float:
+        """a_init in absolute units (0 when gap initialisation is off)."""
+        if self.a_init is not None:
+            return self.a_init
+        if self.c_gap is not None:
+            return self.c_gap * sigma_init
+        return 0.0
+
+
+@dataclass(kw_only=True)
+class RegularizerConfig:
+    """Training-time interventions: the log-barrier of Section 4 (weight ``lam``, constant for
+    ``hold_fraction`` of training then linearly decayed to 0, C.4.1), the hard projection of E.3.2
+    and the inward ℓ1 attraction of D.6.2 (``lam_float``, ``rho_f``). The barrier's a_init is the
+    initialisation's gap threshold."""
+
+    lam: float = 0.0
+    eps_lb: float = 1e-6  # the paper leaves ε_lb unspecified; any small stabiliser
+    hold_fraction: float = 0.5
+    projection: bool = False
+    lam_float: float = 0.0
+    rho_f: float = 1e-2
+    targets: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _require(self.lam >= 0, "regularizer.lam", self.lam, "a number >= 0")
+        _require(self.eps_lb > 0, "regularizer.eps_lb", self.eps_lb, "a number > 0")
+        _require(0 <= self.hold_fraction <= 1, "regularizer.hold_fraction", self.hold_fraction,
+                 "a number in [0, 1]")
+        _require(self.lam_float >= 0, "regularizer.lam_float", self.lam_float, "a number >= 0")
+        _require(self.rho_f > 0, "regularizer.rho_f", self.rho_f, "a number > 0")
+
+
+@dataclass(kw_only=True)
+class TrackerConfig:
+    """Online sign tracker (Sections 2.1, 3; C.4.2 defaults ρ=1e-3, ε=1e-4). ``sample_per_tensor``
+    tracks a fixed-seed random subset of coordinates per tensor (C.5 uses 2048)."""
+
+    enabled: bool = True
+    rho: float = 1e-3
+    eps: float = 1e-4
+    sample_per_tensor: int | None = None
+    sample_seed: int = 0
+    targets: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _require(self.eps > 0, "tracker.eps", self.eps, "a number > 0")
+        _require(self.rho > self.eps, "tracker.rho", self.rho,
+                 f"a number > tracker.eps={self.eps} (Definition 3.1 needs ε < ρ)")
+        _require(self.sample_per_tensor is None or self.sample_per_tensor >= 1,
+                 "tracker.sample_per_tensor", self.sample_per_tensor, "an integer >= 1 or null")
+
+
+@dataclass(kw_only=True)
+class TrialConfig:
+    """Everything one training run needs; a run directory's ``config.json`` is this, serialised."""
+
+    name: str = "trial"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    steps: int = 2000
+    seed: int = 0
+    log_every: int = 50
+    eval_every: int | None = None  # default: log_every
+    checkpoint_every: int | None = None  # None: only the final checkpoint
+    device: Device = "auto"
+    threads: int | None = None  # torch intra-op threads on CPU; None leaves torch's default
+
+    def __post_init__(self) -> None:
+        _require(self.steps >= 1, "steps", self.steps, "an integer >= 1")
+        _require(self.log_every >= 1, "log_every", self.log_every, "an integer >= 1")
+        _require(self.eval_every is None or self.eval_every >= 1, "eval_every", self.eval_every,
+                 "an integer >= 1 or null")
+        _require(self.checkpoint_every is None or self.checkpoint_every >= 1, "checkpoint_every",
+                 self.checkpoint_every, "an integer >= 1 or null")
+        _require(self.threads is None or self.threads >= 1, "threads", self.threads,
+                 "an integer >= 1 or null")
+        self._check_cross_field()
+
+    def _check_cross_field(self) -> None:
+        is_mlp = self.model.kind == "mlp"
+        _require(is_mlp == (self.data.dataset == "mnist"), "data.dataset", self.data.dataset,
+                 "'mnist' exactly when model.kind='mlp'")
+        if self.regularizer.projection:
+            _require(self.init.template_rank is not None, "regularizer.projection", True,
+                     "false unless init.template_rank is set (E.3.2 projects onto the template)")
+        if self.model.kind == "gpt" and self.data.dataset != "synthetic":
+            _require(self.data.seq_len <= self.model.context_length, "data.seq_len",
+                     self.data.seq_len, f"<= model.context_length={self.model.context_length}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TrialConfig:
+        return _build(cls, raw, prefix="")
+
+    @classmethod
+    def from_json(cls, text: str) -> TrialConfig:
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TrialConfig:
+        """Load a ``.json`` or ``.yaml``/``.yml`` trial config (YAML via ``safe_load``)."""
+        path = Path(path)
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            raw = yaml.safe_load(text)
+        else:
+            raw = json.loads(text)
+        _require(isinstance(raw, dict), "config", str(path), "a mapping of trial fields")
+        return cls.from_dict(raw)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> TrialConfig:
+        """A copy with dotted-key overrides applied, e.g. ``{"optim.lr": 1e-3, "seed": 2}``."""
+        merged = self.to_dict()
+        for dotted, value in overrides.items():
+            node = merged
+            *parents, leaf = dotted.split(".")
+            for part in parents:
+                _require(isinstance(node.get(part), dict), dotted, value,
+                         "a dotted path to a trial config field")
+                node = node[part]
+            node[leaf] = value
+        return TrialConfig.from_dict(merged)
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "config"
+    _require(isinstance(raw, dict), where, raw, "a mapping")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        _require(key in known, f"{prefix}{key}", raw[key],
+                 f"unknown field; allowed in {where}: {', '.join(sorted(known))}")
+    kwargs = {key: _coerce(hints[key], value, f"{prefix}{key}") for key, value in raw.items()}
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, field_name: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, prefix=f"{field_name}.")
+    origin = get_origin(hint)
+    args = get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            _require(type(None) in args, field_name, value, "a value (null is not allowed)")
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, field_name)
+    if origin is Literal:
+        _require(value in args, field_name, value, "one of " + ", ".join(map(repr, args)))
+        return value
+    if origin is list:
+        _require(isinstance(value, list | tuple), field_name, value, "a list")
+        return [_coerce(args[0], item, field_name) for item in value]
+    if hint is bool:
+        _require(isinstance(value, bool), field_name, value, "true or false")
+        return value
+    if hint is int:
+        _require(isinstance(value, int) and not isinstance(value, bool), field_name, value,
+                 "an integer")
+        return value
+    if hint is float:
+        _require(isinstance(value, int | float) and not isinstance(value, bool)
+                 and math.isfinite(value), field_name, value, "a finite number")
+        return float(value)
+    if hint is str:
+        _require(isinstance(value, str), field_name, value, "a string")
+        return value
+    raise TypeError(f"unsupported config type {hint!r} for {field_name}")

@@ -1,0 +1,23 @@
+"""The one exception hierarchy of signlock (every other folder re-uses it)."""
+
+
+class SignlockError(Exception):
+    """Base class of every error signlock raises on purpose."""
+
+
+class ConfigError(SignlockError, ValueError):
+    """A user-supplied value is invalid. The message is one line: field, value, allowed values."""
+
+    def __init__(self, field: str, value: object, allowed: str) -> None:
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"invalid {field}={value!r}: {allowed}")
+
+
+class DatasetError(SignlockError):
+    """A dataset cannot be found, downloaded or verified."""
+
+
+class TrainingDivergedError(SignlockError):
+    """The loss became NaN or infinite; the trial cannot continue."""
