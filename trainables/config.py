@@ -26,6 +26,10 @@ DType = Literal["float32", "bfloat16"]
 Device = Literal["auto", "cpu", "cuda"]
 
 
+MIN_GAP_MASS = 1e-6  # below this Gaussian tail mass the truncated law of gap init is degenerate
+MAX_C_GAP = 4.8916  # a/σ with erfc(a/(σ√2)) = MIN_GAP_MASS
+
+
 def _require(ok: bool, field_name: str, value: object, allowed: str) -> None:
     if not ok:
         raise ConfigError(field_name, value, allowed)
@@ -43,6 +47,7 @@ class ModelConfig:
     d_ff: int = 256
     context_length: int = 256
     pos_init: Literal["normal", "zero"] = "normal"  # C.5 zero-initialises positions
+    linear_bias: bool = True  # C.5's Table 1 counts match bias-free block Linears
     hidden_sizes: list[int] = field(default_factory=lambda: [256, 256])  # mlp only
     sigma_init: float = 0.02
     dtype: DType = "float32"  # C.5 stores weights in bf16, LayerNorm stays fp32
@@ -69,9 +74,9 @@ class ModelConfig:
 
 @dataclass(kw_only=True)
 class DataConfig:
-    """Dataset and batching. ``path`` points at a local copy (text file or ``mnist.npz``); without it
-    the dataset is downloaded into ``cache_dir`` and checked by SHA-256. ``synthetic`` needs
-    neither and is the offline default."""
+    """Dataset and batching. ``path`` points at a local copy (text file or ``mnist.npz``);
+    without it the dataset is downloaded into ``cache_dir`` and checked by SHA-256.
+    ``synthetic`` needs neither and is the offline default."""
 
     dataset: DatasetName = "tinyshakespeare"
     path: str | None = None
@@ -87,17 +92,32 @@ class DataConfig:
     synthetic_seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("seq_len", "batch_size", "eval_batches", "synthetic_vocab",
-                     "synthetic_seq_len", "synthetic_sequences"):
+        for name in (
+            "seq_len",
+            "batch_size",
+            "eval_batches",
+            "synthetic_vocab",
+            "synthetic_seq_len",
+            "synthetic_sequences",
+        ):
             value = getattr(self, name)
             _require(value >= 1, f"data.{name}", value, "an integer >= 1")
         if self.eval_batch_size is not None:
-            _require(self.eval_batch_size >= 1, "data.eval_batch_size", self.eval_batch_size,
-                     "an integer >= 1 or null")
-        _require(0 < self.val_fraction < 1, "data.val_fraction", self.val_fraction,
-                 "a number in (0, 1)")
-        _require(self.dataset != "text-file" or self.path is not None, "data.path", self.path,
-                 "a file path when data.dataset='text-file'")
+            _require(
+                self.eval_batch_size >= 1,
+                "data.eval_batch_size",
+                self.eval_batch_size,
+                "an integer >= 1 or null",
+            )
+        _require(
+            0 < self.val_fraction < 1, "data.val_fraction", self.val_fraction, "a number in (0, 1)"
+        )
+        _require(
+            self.dataset != "text-file" or self.path is not None,
+            "data.path",
+            self.path,
+            "a file path when data.dataset='text-file'",
+        )
 
 
 @dataclass(kw_only=True)
@@ -118,8 +138,12 @@ class OptimConfig:
         _require(0 <= self.beta1 < 1, "optim.beta1", self.beta1, "a number in [0, 1)")
         _require(0 <= self.beta2 < 1, "optim.beta2", self.beta2, "a number in [0, 1)")
         _require(self.eps > 0, "optim.eps", self.eps, "a number > 0")
-        _require(self.grad_clip is None or self.grad_clip > 0, "optim.grad_clip", self.grad_clip,
-                 "a number > 0 or null")
+        _require(
+            self.grad_clip is None or self.grad_clip > 0,
+            "optim.grad_clip",
+            self.grad_clip,
+            "a number > 0 or null",
+        )
 
 
 @dataclass(kw_only=True)
@@ -133,8 +157,9 @@ class ScheduleConfig:
     power: float = 0.5  # inverse: η = η_max (1 + k)^(-p) after warmup
 
     def __post_init__(self) -> None:
-        _require(self.warmup_steps >= 0, "schedule.warmup_steps", self.warmup_steps,
-                 "an integer >= 0")
+        _require(
+            self.warmup_steps >= 0, "schedule.warmup_steps", self.warmup_steps, "an integer >= 0"
+        )
         _require(0 < self.gamma < 1, "schedule.gamma", self.gamma, "a number in (0, 1)")
         _require(self.power > 0, "schedule.power", self.power, "a number > 0")
 
@@ -155,14 +180,27 @@ class InitConfig:
     targets: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        _require(self.a_init is None or self.a_init >= 0, "init.a_init", self.a_init,
-                 "a number >= 0 or null")
-        _require(self.c_gap is None or self.c_gap >= 0, "init.c_gap", self.c_gap,
-                 "a number >= 0 or null")
-        _require(self.a_init is None or self.c_gap is None, "init.c_gap", self.c_gap,
-                 "null when init.a_init is given (set one of a_init, c_gap)")
-        _require(self.template_rank is None or self.template_rank >= 1, "init.template_rank",
-                 self.template_rank, "an integer >= 1 or null")
+        _require(
+            self.a_init is None or self.a_init >= 0,
+            "init.a_init",
+            self.a_init,
+            "a number >= 0 or null",
+        )
+        _require(
+            self.c_gap is None or self.c_gap >= 0, "init.c_gap", self.c_gap, "a number >= 0 or null"
+        )
+        _require(
+            self.a_init is None or self.c_gap is None,
+            "init.c_gap",
+            self.c_gap,
+            "null when init.a_init is given (set one of a_init, c_gap)",
+        )
+        _require(
+            self.template_rank is None or self.template_rank >= 1,
+            "init.template_rank",
+            self.template_rank,
+            "an integer >= 1 or null",
+        )
 
     def gap_threshold(self, sigma_init: float) -> float:
         """a_init in absolute units (0 when gap initialisation is off)."""
@@ -191,8 +229,12 @@ class RegularizerConfig:
     def __post_init__(self) -> None:
         _require(self.lam >= 0, "regularizer.lam", self.lam, "a number >= 0")
         _require(self.eps_lb > 0, "regularizer.eps_lb", self.eps_lb, "a number > 0")
-        _require(0 <= self.hold_fraction <= 1, "regularizer.hold_fraction", self.hold_fraction,
-                 "a number in [0, 1]")
+        _require(
+            0 <= self.hold_fraction <= 1,
+            "regularizer.hold_fraction",
+            self.hold_fraction,
+            "a number in [0, 1]",
+        )
         _require(self.lam_float >= 0, "regularizer.lam_float", self.lam_float, "a number >= 0")
         _require(self.rho_f > 0, "regularizer.rho_f", self.rho_f, "a number > 0")
 
@@ -211,10 +253,18 @@ class TrackerConfig:
 
     def __post_init__(self) -> None:
         _require(self.eps > 0, "tracker.eps", self.eps, "a number > 0")
-        _require(self.rho > self.eps, "tracker.rho", self.rho,
-                 f"a number > tracker.eps={self.eps} (Definition 3.1 needs ε < ρ)")
-        _require(self.sample_per_tensor is None or self.sample_per_tensor >= 1,
-                 "tracker.sample_per_tensor", self.sample_per_tensor, "an integer >= 1 or null")
+        _require(
+            self.rho > self.eps,
+            "tracker.rho",
+            self.rho,
+            f"a number > tracker.eps={self.eps} (Definition 3.1 needs ε < ρ)",
+        )
+        _require(
+            self.sample_per_tensor is None or self.sample_per_tensor >= 1,
+            "tracker.sample_per_tensor",
+            self.sample_per_tensor,
+            "an integer >= 1 or null",
+        )
 
 
 @dataclass(kw_only=True)
@@ -240,24 +290,77 @@ class TrialConfig:
     def __post_init__(self) -> None:
         _require(self.steps >= 1, "steps", self.steps, "an integer >= 1")
         _require(self.log_every >= 1, "log_every", self.log_every, "an integer >= 1")
-        _require(self.eval_every is None or self.eval_every >= 1, "eval_every", self.eval_every,
-                 "an integer >= 1 or null")
-        _require(self.checkpoint_every is None or self.checkpoint_every >= 1, "checkpoint_every",
-                 self.checkpoint_every, "an integer >= 1 or null")
-        _require(self.threads is None or self.threads >= 1, "threads", self.threads,
-                 "an integer >= 1 or null")
+        _require(
+            self.eval_every is None or self.eval_every >= 1,
+            "eval_every",
+            self.eval_every,
+            "an integer >= 1 or null",
+        )
+        _require(
+            self.checkpoint_every is None or self.checkpoint_every >= 1,
+            "checkpoint_every",
+            self.checkpoint_every,
+            "an integer >= 1 or null",
+        )
+        _require(
+            self.threads is None or self.threads >= 1,
+            "threads",
+            self.threads,
+            "an integer >= 1 or null",
+        )
+        # Checkpoints are taken right after a logged row, so a resumed run repeats no window.
+        _require(
+            self.checkpoint_every is None or self.checkpoint_every % self.log_every == 0,
+            "checkpoint_every",
+            self.checkpoint_every,
+            f"a multiple of log_every={self.log_every} or null",
+        )
         self._check_cross_field()
 
     def _check_cross_field(self) -> None:
         is_mlp = self.model.kind == "mlp"
-        _require(is_mlp == (self.data.dataset == "mnist"), "data.dataset", self.data.dataset,
-                 "'mnist' exactly when model.kind='mlp'")
+        _require(
+            is_mlp == (self.data.dataset == "mnist"),
+            "data.dataset",
+            self.data.dataset,
+            "'mnist' exactly when model.kind='mlp'",
+        )
         if self.regularizer.projection:
-            _require(self.init.template_rank is not None, "regularizer.projection", True,
-                     "false unless init.template_rank is set (E.3.2 projects onto the template)")
+            _require(
+                self.init.template_rank is not None,
+                "regularizer.projection",
+                True,
+                "false unless init.template_rank is set (E.3.2 projects onto the template)",
+            )
+        self._check_gap()
         if self.model.kind == "gpt" and self.data.dataset != "synthetic":
-            _require(self.data.seq_len <= self.model.context_length, "data.seq_len",
-                     self.data.seq_len, f"<= model.context_length={self.model.context_length}")
+            _require(
+                self.data.seq_len <= self.model.context_length,
+                "data.seq_len",
+                self.data.seq_len,
+                f"<= model.context_length={self.model.context_length}",
+            )
+
+    def _check_gap(self) -> None:
+        sigma = self.model.sigma_init
+        a_init = self.init.gap_threshold(sigma)
+        gap_field = "init.c_gap" if self.init.c_gap is not None else "init.a_init"
+        # Section 4: the truncated Gaussian keeps P[|Z| >= a_init] = erfc(a/(σ√2)) of the mass.
+        kept_mass = math.erfc(a_init / (sigma * math.sqrt(2.0)))
+        _require(
+            kept_mass >= MIN_GAP_MASS,
+            gap_field,
+            getattr(self.init, gap_field[5:]),
+            f"a gap keeping >= {MIN_GAP_MASS:g} of the N(0, σ_init²) mass, i.e. a_init <= "
+            f"{MAX_C_GAP:.3f}·σ_init = {MAX_C_GAP * sigma:.4g}",
+        )
+        if self.regularizer.lam > 0:
+            _require(
+                a_init > 0,
+                "regularizer.lam",
+                self.regularizer.lam,
+                "0 unless init.a_init or init.c_gap > 0 (the barrier's threshold is a_init)",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -294,8 +397,12 @@ class TrialConfig:
             node = merged
             *parents, leaf = dotted.split(".")
             for part in parents:
-                _require(isinstance(node.get(part), dict), dotted, value,
-                         "a dotted path to a trial config field")
+                _require(
+                    isinstance(node.get(part), dict),
+                    dotted,
+                    value,
+                    "a dotted path to a trial config field",
+                )
                 node = node[part]
             node[leaf] = value
         return TrialConfig.from_dict(merged)
@@ -307,8 +414,12 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
-        _require(key in known, f"{prefix}{key}", raw[key],
-                 f"unknown field; allowed in {where}: {', '.join(sorted(known))}")
+        _require(
+            key in known,
+            f"{prefix}{key}",
+            raw[key],
+            f"unknown field; allowed in {where}: {', '.join(sorted(known))}",
+        )
     kwargs = {key: _coerce(hints[key], value, f"{prefix}{key}") for key, value in raw.items()}
     return cls(**kwargs)
 
@@ -334,12 +445,17 @@ def _coerce(hint: Any, value: Any, field_name: str) -> Any:
         _require(isinstance(value, bool), field_name, value, "true or false")
         return value
     if hint is int:
-        _require(isinstance(value, int) and not isinstance(value, bool), field_name, value,
-                 "an integer")
+        _require(
+            isinstance(value, int) and not isinstance(value, bool), field_name, value, "an integer"
+        )
         return value
     if hint is float:
-        _require(isinstance(value, int | float) and not isinstance(value, bool)
-                 and math.isfinite(value), field_name, value, "a finite number")
+        _require(
+            isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value),
+            field_name,
+            value,
+            "a finite number",
+        )
         return float(value)
     if hint is str:
         _require(isinstance(value, str), field_name, value, "a string")
