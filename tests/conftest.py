@@ -1,0 +1,61 @@
+"""Shared test fixtures. Only tests may read ``../shared``; the package never does."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_TINYSHAKESPEARE = REPO_ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+
+
+@pytest.fixture(scope="session")
+def tinyshakespeare_path() -> Path:
+    """A local Tiny Shakespeare (``$SIGNLOCK_TINYSHAKESPEARE``, else ../shared/data/...)."""
+    path = Path(os.environ.get("SIGNLOCK_TINYSHAKESPEARE", DEFAULT_TINYSHAKESPEARE))
+    if not path.is_file():
+        pytest.skip(
+            f"Tiny Shakespeare not found at {path}; set SIGNLOCK_TINYSHAKESPEARE to a "
+            "local copy of karpathy/char-rnn's tinyshakespeare/input.txt"
+        )
+    return path
+
+
+@pytest.fixture
+def tiny_mnist_npz(tmp_path: Path) -> Path:
+    """A small Keras-format ``mnist.npz``: 60 train / 12 test uint8 28x28 images.
+
+    Training image ``i`` is filled with the value ``i`` and labelled ``i % 10``, so tests can tell
+    which original image ended up where; test image ``j`` is filled with ``100 + j``.
+    """
+    n_train, n_test = 60, 12
+    x_train = np.repeat(np.arange(n_train, dtype=np.uint8), 28 * 28).reshape(n_train, 28, 28)
+    x_test = np.repeat(np.arange(100, 100 + n_test, dtype=np.uint8), 28 * 28)
+    path = tmp_path / "mnist.npz"
+    np.savez(
+        path,
+        x_train=x_train,
+        y_train=(np.arange(n_train) % 10).astype(np.uint8),
+        x_test=x_test.reshape(n_test, 28, 28),
+        y_test=(np.arange(n_test) % 10).astype(np.uint8),
+    )
+    return path
+
+
+@pytest.fixture
+def seeded_cache(
+    tinyshakespeare_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """``$SIGNLOCK_CACHE`` pointing at a fresh cache that already holds Tiny Shakespeare, as a user
+    with an offline copy would set it up; ``fetch`` verifies it by checksum."""
+    from signlock.trainables.data import DATASETS
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    target = cache / DATASETS["tinyshakespeare"].filename
+    target.write_bytes(tinyshakespeare_path.read_bytes())
+    monkeypatch.setenv("SIGNLOCK_CACHE", str(cache))
+    return cache
