@@ -1,0 +1,437 @@
+"""One training trial: build data, model, interventions and sign tracker from a ``TrialConfig``,
+train, and write the run directory.
+
+Run directory layout (a run directory alone is enough to resume or reproduce the trial)::
+
+    config.json          the TrialConfig
+    metrics.parquet      one row every ``log_every`` steps (see METRIC_COLUMNS)
+    flips.parquet        K histogram: tensor (str), k (int64), count (int64); "__pooled__" sums
+    tensor_stats.parquet per-tensor lock-in statistics of the sign tracker
+    summary.json         final metrics (see ``Trial._summary``)
+    checkpoints/latest.pt model, optimizer, scheduler, RNG, tracker state (torch.load weights_only)
+
+Nothing here knows about Ray or MLflow: callers observe progress through ``Reporter``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from signlock.trainables import data as datasets
+from signlock.trainables.config import TrialConfig
+from signlock.trainables.errors import ConfigError, TrainingDivergedError
+from signlock.trainables.interventions import Interventions, resolve_targets
+from signlock.trainables.models import build_model
+from signlock.trainables.schedules import LRMultiplier
+from signlock.trainables.tracker import SignTracker
+
+CHECKPOINT_NAME = "latest.pt"
+EVAL_SEED_OFFSET = 10_007  # evaluation batches come from their own fixed-seed generator
+DATA_SEED_OFFSET = 1
+
+# metrics.parquet columns; val_* are NaN on rows without an evaluation.
+METRIC_COLUMNS = (
+    "step",
+    "train_loss",
+    "val_loss",
+    "val_ppl",
+    "val_error",
+    "lr",
+    "lam",
+    "penalty",
+    "flip_vs_init",
+    "step_flip_rate",
+    "boundary_hit_fraction",
+    "projection_changes",
+    "elapsed_s",
+)
+
+Reporter = Callable[[dict[str, float], Path | None], None]
+"""Called after each logged row with that row and the checkpoint path if one was just written."""
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", requested, "'cpu' or 'auto' (no CUDA device is available)")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+@dataclass
+class _Window:
+    """Accumulators between two logged rows."""
+
+    loss_sum: float = 0.0
+    steps: int = 0
+    projection_changes: int = 0
+    last_penalty: float = 0.0
+    last_lam: float = 0.0
+    last_lr: float = 0.0
+
+    def add(
+        self, loss: float, projection_changes: int, penalty: float, lam: float, lr: float
+    ) -> None:
+        self.loss_sum += loss
+        self.steps += 1
+        self.projection_changes += projection_changes
+        self.last_penalty = penalty
+        self.last_lam = lam
+        self.last_lr = lr
+
+
+class Task:
+    """Batches and evaluation of one dataset family (language modelling or MNIST)."""
+
+    def __init__(self, cfg: TrialConfig, device: torch.device) -> None:
+        self.cfg = cfg
+        self.device = device
+        self.is_vision = cfg.model.kind == "mlp"
+        if self.is_vision:
+            self.images = datasets.load_mnist(cfg.data)
+            self.vocab_size = None
+        else:
+            self.lm = datasets.load_lm_data(cfg.data)
+            self.vocab_size = self.lm.vocab_size
+
+    def train_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        data = self.cfg.data
+        if self.is_vision:
+            x, y = datasets.image_batch(self.images, data.batch_size, generator)
+        else:
+            x, y = datasets.lm_batch(self.lm, "train", data.batch_size, data.seq_len, generator)
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = model(x)
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """LM: mean loss over ``eval_batches`` random val batches, PPL = exp(loss in nats) (C.4.1).
+        MNIST: loss and error 1 - accuracy over the whole validation split (E.2.1)."""
+        was_training = model.training
+        model.eval()
+        try:
+            return self._evaluate_images(model) if self.is_vision else self._evaluate_lm(model)
+        finally:
+            model.train(was_training)
+
+    def _evaluate_lm(self, model: nn.Module) -> dict[str, float]:
+        data = self.cfg.data
+        generator = torch.Generator().manual_seed(self.cfg.seed + EVAL_SEED_OFFSET)
+        batch_size = data.eval_batch_size or data.batch_size
+        total = 0.0
+        for _ in range(data.eval_batches):
+            x, y = datasets.lm_batch(self.lm, "val", batch_size, data.seq_len, generator)
+            total += float(self.loss(model, x.to(self.device), y.to(self.device)))
+        val_loss = total / data.eval_batches
+        return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700.0))}
+
+    def _evaluate_images(self, model: nn.Module) -> dict[str, float]:
+        batch_size = self.cfg.data.eval_batch_size or 512
+        loss_sum, wrong, count = 0.0, 0, 0
+        for x, y in datasets.iter_eval_batches(self.images.x_val, self.images.y_val, batch_size):
+            x, y = x.to(self.device), y.to(self.device)
+            logits = model(x).float()
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            wrong += int((logits.argmax(dim=-1) != y).sum())
+            count += y.numel()
+        return {"val_loss": loss_sum / count, "val_error": wrong / count}
+
+
+def _make_optimizer(
+    cfg: TrialConfig, model: nn.Module, device: torch.device
+) -> tuple[torch.optim.Optimizer, str]:
+    opt = cfg.optim
+    kwargs = {
+        "lr": opt.lr,
+        "betas": (opt.beta1, opt.beta2),
+        "eps": opt.eps,
+        "weight_decay": opt.weight_decay,
+    }
+    if opt.eight_bit and device.type == "cuda":
+        try:
+            import bitsandbytes as bnb  # optional: C.5's AdamW8bit
+        except ImportError:
+            pass
+        else:
+            return bnb.optim.AdamW8bit(model.parameters(), **kwargs), "AdamW8bit"
+    return torch.optim.AdamW(model.parameters(), **kwargs), "AdamW"
+
+
+class Trial:
+    """One configured training run bound to a run directory."""
+
+    def __init__(self, cfg: TrialConfig, run_dir: str | Path, *, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.device = resolve_device(cfg.device)
+        if cfg.threads is not None and self.device.type == "cpu":
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        self.task = Task(cfg, self.device)
+        self.model = build_model(cfg.model, vocab_size=self.task.vocab_size, device=self.device)
+        self.interventions = Interventions(cfg, self.model)
+        self.interventions.initialize(cfg.seed)
+        self.optimizer, self.optimizer_name = _make_optimizer(cfg, self.model, self.device)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, LRMultiplier.from_config(cfg.schedule, cfg.steps)
+        )
+        self.tracker = self._make_tracker()
+        self.data_generator = torch.Generator().manual_seed(cfg.seed + DATA_SEED_OFFSET)
+        self.step = 0
+        self.rows: list[dict[str, float]] = []
+        self.projection_total = 0
+        self.train_seconds = 0.0
+        self.window = _Window()
+        self.autocast = self._autocast_context()
+
+    def _make_tracker(self) -> SignTracker | None:
+        tracker_cfg = self.cfg.tracker
+        if not tracker_cfg.enabled:
+            return None
+        targets = resolve_targets(self.model, tracker_cfg.targets, "tracker.targets")
+        return SignTracker(
+            targets,
+            rho=tracker_cfg.rho,
+            eps=tracker_cfg.eps,
+            sample_per_tensor=tracker_cfg.sample_per_tensor,
+            sample_seed=tracker_cfg.sample_seed,
+        )
+
+    def _autocast_context(self) -> Callable[[], Any]:
+        if self.cfg.model.dtype != "bfloat16":
+            return nullcontext
+        # C.5: bf16 autocast for the forward pass.
+        return lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoints" / CHECKPOINT_NAME
+
+    # ---- the loop -------------------------------------------------------------------------
+
+    def run(self, reporter: Reporter | None = None, *, resume: bool = True) -> dict[str, Any]:
+        """Train to ``cfg.steps`` (continuing from the run dir's checkpoint when ``resume``) and
+        write all outputs. Raises ``TrainingDivergedError`` on a non-finite loss after writing
+        what was computed so far."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._write_config()
+        if resume and self.checkpoint_path.exists():
+            self.load_checkpoint(self.checkpoint_path)
+        self.model.train()
+        bar = self._progress_bar()
+        try:
+            while self.step < self.cfg.steps:
+                self._train_step()
+                bar.update(1)
+                if self._should_log():
+                    row = self._log_row()
+                    bar.set_postfix(
+                        loss=f"{row['train_loss']:.3f}", flip=f"{row['flip_vs_init']:.4f}"
+                    )
+                    saved = self._maybe_checkpoint()
+                    if reporter is not None:
+                        reporter(row, saved)
+        except TrainingDivergedError:
+            self._write_tables()
+            raise
+        finally:
+            bar.close()
+        self.save_checkpoint(self.checkpoint_path)
+        self._write_tables()
+        summary = self._summary()
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+        return summary
+
+    def _train_step(self) -> None:
+        started = time.perf_counter()
+        x, y = self.task.train_batch(self.data_generator)
+        with self.autocast():
+            task_loss = self.task.loss(self.model, x, y)
+        penalty, lam_t = self.interventions.penalty(self.step)
+        loss = task_loss if penalty is None else task_loss + penalty
+        loss_value = float(task_loss.detach())
+        if not math.isfinite(loss_value):
+            raise TrainingDivergedError(
+                f"training loss became {loss_value} at step {self.step}; "
+                f"outputs so far are in {self.run_dir}"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.optim.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        lr_used = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        changed = self.interventions.project()
+        if self.tracker is not None:
+            self.tracker.observe()
+        self.step += 1
+        self.projection_total += changed
+        penalty_value = float(penalty.detach()) if penalty is not None else 0.0
+        self.window.add(loss_value, changed, penalty_value, lam_t, lr_used)
+        self.train_seconds += time.perf_counter() - started
+
+    def _should_log(self) -> bool:
+        return self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps
+
+    def _should_eval(self) -> bool:
+        eval_every = self.cfg.eval_every or self.cfg.log_every
+        return self.step % eval_every == 0 or self.step == self.cfg.steps
+
+    def _log_row(self) -> dict[str, float]:
+        row: dict[str, float] = dict.fromkeys(METRIC_COLUMNS, math.nan)
+        row.update(
+            step=self.step,
+            train_loss=self.window.loss_sum / max(self.window.steps, 1),
+            lr=self.window.last_lr,
+            lam=self.window.last_lam,
+            penalty=self.window.last_penalty,
+            projection_changes=self.window.projection_changes,
+            elapsed_s=self.train_seconds,
+        )
+        if self.tracker is not None:
+            row.update(self.tracker.window_stats())
+        if self._should_eval():
+            row.update(self.task.evaluate(self.model))
+        self.rows.append(row)
+        self.window = _Window()
+        return row
+
+    def _maybe_checkpoint(self) -> Path | None:
+        every = self.cfg.checkpoint_every
+        if every is None or self.step % every != 0 or self.step == self.cfg.steps:
+            return None
+        self.save_checkpoint(self.checkpoint_path)
+        self._write_tables()
+        return self.checkpoint_path
+
+    def _progress_bar(self) -> Any:
+        from tqdm.auto import tqdm
+
+        return tqdm(
+            total=self.cfg.steps,
+            initial=self.step,
+            desc=self.cfg.name,
+            unit="step",
+            disable=not self.progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
+
+    # ---- checkpoints ----------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        rng: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "data": self.data_generator.get_state(),
+        }
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "step": self.step,
+            "config": self.cfg.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "tracker": self.tracker.state_dict() if self.tracker is not None else None,
+            "rng": rng,
+            "rows": self.rows,
+            "projection_total": self.projection_total,
+            "train_seconds": self.train_seconds,
+        }
+
+    def save_checkpoint(self, path: Path) -> None:
+        """Write atomically (temp file + rename): a crash mid-save keeps the previous one."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        if state["config"] != self.cfg.to_dict():
+            raise ConfigError(
+                "config", str(path), "the same trial config as the checkpoint (start a new run dir)"
+            )
+        self.step = state["step"]
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.tracker is not None:
+            self.tracker.load_state_dict(state["tracker"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        self.data_generator.set_state(state["rng"]["data"].cpu())
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
+        self.rows = list(state["rows"])
+        self.projection_total = state["projection_total"]
+        self.train_seconds = state["train_seconds"]
+
+    # ---- outputs --------------------------------------------------------------------------
+
+    def _write_config(self) -> None:
+        (self.run_dir / "config.json").write_text(self.cfg.to_json())
+
+    def _write_tables(self) -> None:
+        metrics = pd.DataFrame(self.rows, columns=list(METRIC_COLUMNS))
+        metrics["step"] = metrics["step"].astype("int64")
+        metrics.to_parquet(self.run_dir / "metrics.parquet", index=False)
+        if self.tracker is not None:
+            self.tracker.k_histogram().to_parquet(self.run_dir / "flips.parquet", index=False)
+            self.tracker.per_tensor_stats().to_parquet(
+                self.run_dir / "tensor_stats.parquet", index=False
+            )
+
+    def _summary(self) -> dict[str, Any]:
+        last_eval = next((r for r in reversed(self.rows) if not math.isnan(r["val_loss"])), {})
+        summary: dict[str, Any] = {
+            "name": self.cfg.name,
+            "steps": self.step,
+            "optimizer": self.optimizer_name,
+            "device": str(self.device),
+            "wall_time_s": self.train_seconds,
+            "steps_per_s": self.step / self.train_seconds if self.train_seconds else math.nan,
+            "projection_changes_total": self.projection_total,
+            "final_train_loss": self.rows[-1]["train_loss"] if self.rows else math.nan,
+        }
+        for key in ("val_loss", "val_ppl", "val_error"):
+            value = last_eval.get(key, math.nan)
+            if not math.isnan(value):
+                summary[key] = value
+        if self.tracker is not None:
+            summary.update(self.tracker.summary())
+        return summary
+
+
+def run_trial(
+    cfg: TrialConfig,
+    run_dir: str | Path,
+    *,
+    reporter: Reporter | None = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Build and run one trial; returns its summary (also written to ``summary.json``)."""
+    return Trial(cfg, run_dir, progress=progress).run(reporter, resume=resume)
+
+
+def load_run_config(run_dir: str | Path) -> TrialConfig:
+    """The TrialConfig a run directory was made with."""
+    return TrialConfig.from_file(Path(run_dir) / "config.json")
