@@ -1,0 +1,172 @@
+"""Single-trial presets: one function per paper setting, each with a ``-smoke`` size that runs
+on two CPU cores in about a minute. ``trial_preset(name)`` returns a fresh ``TrialConfig``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from signlock.trainables.config import (
+    DataConfig,
+    InitConfig,
+    ModelConfig,
+    OptimConfig,
+    RegularizerConfig,
+    TrackerConfig,
+    TrialConfig,
+)
+from signlock.trainables.errors import ConfigError
+from signlock.trainables.models import SCALE_CONFIGS, scale_model_config
+
+
+def charlm() -> TrialConfig:
+    """TinyCharLM baseline on Tiny Shakespeare (C.4.1; lock-in validation horizon T = 2000)."""
+    return TrialConfig(name="charlm", steps=2000, log_every=50, eval_every=200)
+
+
+def charlm_smoke() -> TrialConfig:
+    cfg = charlm()
+    return cfg.with_overrides(
+        {
+            "name": "charlm-smoke",
+            "steps": 300,
+            "log_every": 25,
+            "eval_every": 100,
+            "data.eval_batches": 5,
+            "checkpoint_every": 100,
+        }
+    )
+
+
+def charlm_lockin() -> TrialConfig:
+    """Template r=2 + gap init + log-barrier on TinyCharLM (Section 4, C.4.1; T = 12000)."""
+    return TrialConfig(
+        name="charlm-lockin",
+        steps=12000,
+        log_every=100,
+        eval_every=1000,
+        init=InitConfig(a_init=0.02, template_rank=2),
+        regularizer=RegularizerConfig(lam=0.01),
+    )
+
+
+def charlm_lockin_smoke() -> TrialConfig:
+    return charlm_lockin().with_overrides(
+        {
+            "name": "charlm-lockin-smoke",
+            "steps": 200,
+            "log_every": 25,
+            "eval_every": 100,
+            "data.eval_batches": 5,
+            "regularizer.projection": True,
+        }
+    )
+
+
+def charlm_floating() -> TrialConfig:
+    """Sign-floating mode: inward ℓ1 attraction λ_float = 1e4, ρ_f = 1e-2, T = 2000 (D.6.3)."""
+    return TrialConfig(
+        name="charlm-floating",
+        steps=2000,
+        log_every=50,
+        eval_every=200,
+        regularizer=RegularizerConfig(lam_float=1e4, rho_f=1e-2),
+    )
+
+
+def charlm_floating_smoke() -> TrialConfig:
+    return charlm_floating().with_overrides(
+        {
+            "name": "charlm-floating-smoke",
+            "steps": 200,
+            "log_every": 25,
+            "eval_every": 100,
+            "data.eval_batches": 5,
+        }
+    )
+
+
+def synthetic_lm() -> TrialConfig:
+    """12-layer d=256 LM on the synthetic corpus (C.3.6): Adam (AdamW, decay 0), lr 3e-4, B=64,
+    5000 steps, logged every 50 steps. Needs no download."""
+    return TrialConfig(
+        name="synthetic-lm",
+        steps=5000,
+        log_every=50,
+        eval_every=500,
+        model=ModelConfig(d_model=256, n_layers=12, n_heads=4, d_ff=1024, context_length=128),
+        data=DataConfig(dataset="synthetic", batch_size=64),
+        optim=OptimConfig(weight_decay=0.0),
+    )
+
+
+def synthetic_smoke() -> TrialConfig:
+    return synthetic_lm().with_overrides(
+        {
+            "name": "synthetic-smoke",
+            "steps": 150,
+            "log_every": 25,
+            "eval_every": 75,
+            "model.n_layers": 2,
+            "model.d_model": 64,
+            "model.d_ff": 128,
+            "data.eval_batches": 4,
+            "data.synthetic_sequences": 512,
+            "checkpoint_every": 75,
+        }
+    )
+
+
+def vision_mlp() -> TrialConfig:
+    """784-256-256-10 MLP on MNIST (E.2.1): AdamW, batch 128, eval batch 512, T = 2000."""
+    return TrialConfig(
+        name="vision-mlp",
+        steps=2000,
+        log_every=50,
+        eval_every=250,
+        model=ModelConfig(kind="mlp", hidden_sizes=[256, 256]),
+        data=DataConfig(dataset="mnist", batch_size=128, eval_batch_size=512),
+    )
+
+
+def vision_mlp_smoke() -> TrialConfig:
+    return vision_mlp().with_overrides(
+        {"name": "vision-mlp-smoke", "steps": 100, "log_every": 25, "eval_every": 50}
+    )
+
+
+def scale_trial(name: str) -> TrialConfig:
+    """A Table-1 model trained as in C.5: L = 64, micro-batch 1, T = 1000, constant lr 3e-4,
+    AdamW (8-bit when available) with weight decay 0.01, clip 1.0, 2048 tracked coordinates per
+    tensor."""
+    steps = 20 if name == "scale-debug" else 1000
+    return TrialConfig(
+        name=name,
+        steps=steps,
+        log_every=10 if name == "scale-debug" else 50,
+        eval_every=steps,
+        model=scale_model_config(name),
+        data=DataConfig(seq_len=64, batch_size=1, eval_batch_size=16, eval_batches=5),
+        optim=OptimConfig(lr=3e-4, weight_decay=0.01, grad_clip=1.0, eight_bit=True),
+        tracker=TrackerConfig(sample_per_tensor=2048),
+    )
+
+
+TRIAL_PRESETS: dict[str, Callable[[], TrialConfig]] = {
+    "charlm": charlm,
+    "charlm-smoke": charlm_smoke,
+    "charlm-lockin": charlm_lockin,
+    "charlm-lockin-smoke": charlm_lockin_smoke,
+    "charlm-floating": charlm_floating,
+    "charlm-floating-smoke": charlm_floating_smoke,
+    "synthetic-lm": synthetic_lm,
+    "synthetic-smoke": synthetic_smoke,
+    "vision-mlp": vision_mlp,
+    "vision-mlp-smoke": vision_mlp_smoke,
+    **{name: (lambda name=name: scale_trial(name)) for name in SCALE_CONFIGS},
+}
+
+
+def trial_preset(name: str) -> TrialConfig:
+    if name not in TRIAL_PRESETS:
+        raise ConfigError("preset", name, "one of " + ", ".join(TRIAL_PRESETS))
+    return TRIAL_PRESETS[name]()

@@ -1,0 +1,107 @@
+"""The ``signlock`` console script, run as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+SIGNLOCK = [sys.executable, "-m", "signlock.orchestrator.cli"]
+
+
+def run_cli(
+    *args: str, cwd, env_extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run(
+        [*SIGNLOCK, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def test_charlm_smoke_preset_writes_all_outputs(tmp_path, seeded_cache):
+    result = run_cli(
+        "train",
+        "--preset",
+        "charlm-smoke",
+        "--quiet",
+        cwd=tmp_path,
+        env_extra={"SIGNLOCK_CACHE": str(seeded_cache)},
+    )
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / "signlock-runs" / "charlm-smoke"
+    summary = json.loads(result.stdout)
+    assert summary == json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 300 and summary["n_tracked"] > 300_000
+    assert 1.0 < summary["val_ppl"] < 65.0  # better than a uniform guess over 65 characters
+    for name in (
+        "config.json",
+        "metrics.parquet",
+        "flips.parquet",
+        "tensor_stats.parquet",
+        "checkpoints/latest.pt",
+    ):
+        assert (run_dir / name).is_file(), name
+    assert len(pd.read_parquet(run_dir / "metrics.parquet")) == 12
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["--preset", "charlm-smoke", "--set", "regularizer.lam=-0.1"], "regularizer.lam"),
+        (["--preset", "charlm-smoke", "--set", "tracker.rho=1e-5"], "tracker.rho"),
+        (["--preset", "charlm-smoke", "--set", "init.template_rank=0"], "init.template_rank"),
+        (["--preset", "charlm-smoke", "--set", "init.a_init=0.5"], "init.a_init"),
+        (["--preset", "charlm-smoke", "--set", "optim.lrr=1"], "optim.lrr"),
+        (["--preset", "no-such-preset"], "preset"),
+        (["--preset", "charlm-smoke", "--set", "steps"], "--set"),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_field(tmp_path, args, field):
+    result = run_cli("train", *args, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("signlock: error: ")
+    assert field in lines[0] and "Traceback" not in result.stderr
+    assert not (tmp_path / "signlock-runs").exists()
+
+
+def test_yaml_config_file_and_resume(tmp_path):
+    config = tmp_path / "trial.yaml"
+    config.write_text(
+        "name: yaml-trial\nsteps: 20\nlog_every: 10\ncheckpoint_every: 10\nthreads: 1\n"
+        "model: {d_model: 32, n_layers: 1, n_heads: 2, d_ff: 64, context_length: 32}\n"
+        "data: {dataset: synthetic, batch_size: 4, eval_batches: 1, synthetic_sequences: 32,"
+        " synthetic_seq_len: 16}\n"
+    )
+    first = run_cli("train", "--config", str(config), "--quiet", "--run-dir", "out", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    again = run_cli(
+        "train",
+        "--config",
+        str(config),
+        "--quiet",
+        "--run-dir",
+        "out",
+        "--steps",
+        "20",
+        cwd=tmp_path,
+    )
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["steps"] == 20
+
+
+def test_presets_are_listed(tmp_path):
+    result = run_cli("presets", cwd=tmp_path)
+    assert result.returncode == 0
+    names = [line.split()[0] for line in result.stdout.splitlines()]
+    assert {"charlm-smoke", "synthetic-smoke", "scale-12.9b", "vision-mlp"} <= set(names)
