@@ -1,10 +1,13 @@
 """TinyCharLM step time with full sign tracking vs without, measured interleaved in one process.
 
-Two identical models train side by side on the same batches; one calls ``SignTracker.observe()``
-after every optimizer step (every matrix-shaped weight tracked, no sampling). Blocks of steps
-alternate between them so machine noise hits both alike. Prints per-step medians and their ratio.
+Three identical models train side by side on the same batches: "tracked" calls
+``SignTracker.observe()`` after every optimizer step (every matrix-shaped weight tracked, no
+sampling); "untracked" and its copy "control" do not. Each round times one block of steps per
+model, in a rotating order, so machine noise hits all alike. The overhead is the median over
+rounds of the paired ratio tracked/untracked; control/untracked shows the noise floor of the
+same estimate, and timing ``observe()`` alone gives its cost directly.
 
-    python bench/tracker_overhead.py [--rounds 30] [--block 10] [--threads 2]
+    python bench/tracker_overhead.py [--rounds 60] [--block 5] [--threads 2]
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from signlock.trainables.config import ModelConfig
 from signlock.trainables.models import build_model, matrix_parameters
@@ -46,10 +50,14 @@ def time_block(step, batches) -> float:
     return (time.perf_counter() - started) / len(batches)
 
 
+def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
+    return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--block", type=int, default=10, help="steps per timed block")
+    parser.add_argument("--rounds", type=int, default=60)
+    parser.add_argument("--block", type=int, default=5, help="steps per timed block")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--seq-len", type=int, default=64)
@@ -59,9 +67,14 @@ def main() -> None:
 
     cfg = ModelConfig()  # TinyCharLM, C.4.1
     plain = build_model(cfg, vocab_size=VOCAB)
+    control = copy.deepcopy(plain)
     tracked = copy.deepcopy(plain)
     tracker = SignTracker(matrix_parameters(tracked))
-    steps = {"untracked": make_step(plain, None), "tracked": make_step(tracked, tracker)}
+    steps = {
+        "untracked": make_step(plain, None),
+        "control": make_step(control, None),
+        "tracked": make_step(tracked, tracker),
+    }
 
     generator = torch.Generator().manual_seed(0)
 
@@ -74,10 +87,11 @@ def main() -> None:
     for step in steps.values():  # warm-up
         time_block(step, batches())
     per_step: dict[str, list[float]] = {name: [] for name in steps}
-    for round_index in range(args.rounds):
+    names = list(steps)
+    for round_index in tqdm(range(args.rounds), desc="rounds", leave=False):
         block = batches()
-        order = list(steps) if round_index % 2 == 0 else list(reversed(steps))
-        for name in order:
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
             per_step[name].append(time_block(steps[name], block))
 
     observe_times = []
@@ -88,13 +102,16 @@ def main() -> None:
 
     untracked = statistics.median(per_step["untracked"])
     tracked_s = statistics.median(per_step["tracked"])
+    ratio = paired_ratio(per_step["tracked"], per_step["untracked"])
+    noise = paired_ratio(per_step["control"], per_step["untracked"])
     print(f"tracked scalars          : {tracker.n_tracked} in {len(tracker.tensor_names)} tensors")
     print(f"threads / batch / seq_len: {args.threads} / {args.batch} / {args.seq_len}")
     print(f"untracked step (median)  : {untracked * 1e3:.2f} ms")
     print(f"tracked step (median)    : {tracked_s * 1e3:.2f} ms")
     print(f"observe() alone (median) : {statistics.median(observe_times) * 1e6:.0f} µs")
-    print(f"ratio tracked/untracked  : {tracked_s / untracked:.4f}")
-    print(f"overhead                 : {(tracked_s / untracked - 1) * 100:+.2f} %")
+    print(f"ratio tracked/untracked  : {ratio:.4f}  (median of {args.rounds} paired rounds)")
+    print(f"ratio control/untracked  : {noise:.4f}  (same models, no tracking: noise floor)")
+    print(f"overhead                 : {(ratio - 1) * 100:+.2f} %")
     print(f"observe share of a step  : {statistics.median(observe_times) / untracked * 100:.2f} %")
 
 

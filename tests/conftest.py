@@ -9,13 +9,19 @@ import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_TINYSHAKESPEARE = REPO_ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+# A checkout beside the developers' shared folder, or a CI clone elsewhere on the same machine.
+TINYSHAKESPEARE_CANDIDATES = (
+    REPO_ROOT.parent / "shared" / "data" / "tinyshakespeare.txt",
+    Path("/work/shared/data/tinyshakespeare.txt"),
+)
 
 
 @pytest.fixture(scope="session")
 def tinyshakespeare_path() -> Path:
     """A local Tiny Shakespeare (``$SIGNLOCK_TINYSHAKESPEARE``, else ../shared/data/...)."""
-    path = Path(os.environ.get("SIGNLOCK_TINYSHAKESPEARE", DEFAULT_TINYSHAKESPEARE))
+    found = [p for p in TINYSHAKESPEARE_CANDIDATES if p.is_file()]
+    default = found[0] if found else TINYSHAKESPEARE_CANDIDATES[0]
+    path = Path(os.environ.get("SIGNLOCK_TINYSHAKESPEARE", default))
     if not path.is_file():
         pytest.skip(
             f"Tiny Shakespeare not found at {path}; set SIGNLOCK_TINYSHAKESPEARE to a "
