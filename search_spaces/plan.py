@@ -1,0 +1,223 @@
+"""Cost plan of a sweep before it runs: trials, steps, parameters, tokens and training FLOPs.
+
+Parameters are counted on the ``meta`` device (``build_model(..., device="meta")``), so planning
+the 12.9B model of C.5 allocates nothing. Training compute uses the usual estimate
+FLOPs ≈ 6·N·D (forward + backward, N parameters including embeddings, D training tokens; for the
+MNIST MLP, D counts images). Random axes are not sampled: each planned trial uses its grid
+point's values (the base value for a randomly swept field), which is exact unless a random axis
+changes steps, batch size or the model.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+
+from signlock.search_spaces.spec import PRESET_KEY, SweepSpec
+from signlock.trainables.config import ModelConfig, TrialConfig
+from signlock.trainables.models import (
+    SCALE_CONFIGS,
+    TINYSHAKESPEARE_VOCAB,
+    build_model,
+    count_parameters,
+    scale_model_config,
+)
+
+TEXT8_VOCAB = 27  # text8: lowercase a-z and space
+TEXT_FILE_VOCAB = 256  # an arbitrary text file: byte-sized upper bound (known only after reading)
+FLOPS_PER_PARAM_TOKEN = 6  # forward (2) + backward (4) multiply-adds per parameter and token
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """One planned trial (one grid point; ``num_samples`` draws share it)."""
+
+    name: str
+    model: str  # a label of the architecture (the trial preset for a ``preset`` point)
+    params: int
+    steps: int
+    tokens_per_step: int  # images per step for the MLP
+    tokens: int
+    flops: float
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """What a sweep will cost. Per-trial lists follow ``SweepSpec.grid_overrides`` order, each
+    grid point repeated ``num_samples`` times (for Optuna: the base, ``budget`` times)."""
+
+    name: str
+    search: str
+    n_trials: int
+    trials: tuple[TrialPlan, ...]
+    params: dict[str, int]  # model label -> parameter count
+    unit: str  # "tokens" (language models) or "samples" (MNIST)
+    cpus_per_trial: float
+    gpus_per_trial: float
+    seeds: tuple[int, ...]
+    num_samples: int
+
+    @property
+    def steps_per_trial(self) -> tuple[int, ...]:
+        return tuple(t.steps for t in self.trials)
+
+    @property
+    def total_steps(self) -> int:
+        return sum(t.steps for t in self.trials)
+
+    @property
+    def tokens_per_step(self) -> tuple[int, ...]:
+        return tuple(t.tokens_per_step for t in self.trials)
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(t.tokens for t in self.trials)
+
+    @property
+    def total_flops(self) -> float:
+        return sum(t.flops for t in self.trials)
+
+
+def vocab_size(cfg: TrialConfig) -> int | None:
+    """The vocabulary the trainer will take from the dataset (None for MNIST)."""
+    data = cfg.data
+    if data.dataset == "mnist":
+        return None
+    if data.dataset == "synthetic":
+        return data.synthetic_vocab
+    if data.dataset == "text8":
+        return TEXT8_VOCAB
+    if data.dataset == "tinyshakespeare":
+        return TINYSHAKESPEARE_VOCAB
+    return TEXT_FILE_VOCAB
+
+
+@functools.lru_cache(maxsize=64)
+def _count_params(model_json: str, vocab: int | None) -> int:
+    model_cfg = ModelConfig(**json.loads(model_json))
+    return count_parameters(build_model(model_cfg, vocab_size=vocab, device="meta"))
+
+
+def model_parameters(cfg: TrialConfig) -> int:
+    """Parameters of ``cfg``'s model, counted on the meta device (no memory)."""
+    model_json = json.dumps(cfg.to_dict()["model"], sort_keys=True)
+    return _count_params(model_json, vocab_size(cfg))
+
+
+def tokens_per_step(cfg: TrialConfig) -> int:
+    """Training tokens per optimizer step: batch × block length (the synthetic corpus uses its
+    whole rows of ``synthetic_seq_len`` tokens); images per step for the MLP."""
+    data = cfg.data
+    if cfg.model.kind == "mlp":
+        return data.batch_size
+    length = data.synthetic_seq_len if data.dataset == "synthetic" else data.seq_len
+    return data.batch_size * length
+
+
+def scale_name(model: ModelConfig) -> str | None:
+    """The Table-1 (C.5) name of ``model`` if it is one of the scale family."""
+    for name in SCALE_CONFIGS:
+        if scale_model_config(name) == model:
+            return name
+    return None
+
+
+def model_label(cfg: TrialConfig, preset: str | None = None) -> str:
+    """A short label of the architecture, e.g. ``gpt d128 L2 h4 ff256 V65``, prefixed by the
+    trial preset (``preset`` point) or scale-family name when there is one."""
+    m = cfg.model
+    if m.kind == "mlp":
+        return "mlp " + "-".join(str(h) for h in m.hidden_sizes)
+    label = f"gpt d{m.d_model} L{m.n_layers} h{m.n_heads} ff{m.d_ff} V{vocab_size(cfg)}"
+    name = preset or scale_name(m)
+    return f"{name} ({label})" if name else label
+
+
+def plan_trial(spec: SweepSpec, overrides: dict[str, object]) -> TrialPlan:
+    """The plan of the trial ``spec.trial_config(overrides)``."""
+    cfg = spec.trial_config(overrides)
+    params = model_parameters(cfg)
+    per_step = tokens_per_step(cfg)
+    tokens = per_step * cfg.steps
+    return TrialPlan(
+        name=cfg.name,
+        model=model_label(cfg, overrides.get(PRESET_KEY)),  # type: ignore[arg-type]
+        params=params,
+        steps=cfg.steps,
+        tokens_per_step=per_step,
+        tokens=tokens,
+        flops=float(FLOPS_PER_PARAM_TOKEN) * params * tokens,
+    )
+
+
+def plan_sweep(spec: SweepSpec) -> SweepPlan:
+    """Trials, steps, parameters per model, tokens and FLOPs of ``spec`` (nothing allocated)."""
+    if spec.search == "optuna":
+        first = spec.grid_overrides()[0]
+        trials = tuple(
+            plan_trial(spec, {**first, "name": f"{spec.name}-{i:04d}"})
+            for i in range(spec.n_trials())
+        )
+    else:
+        trials = tuple(
+            plan
+            for overrides in spec.grid_overrides()
+            for plan in [plan_trial(spec, overrides)] * spec.num_samples
+        )
+    params = {t.model: t.params for t in trials}
+    return SweepPlan(
+        name=spec.name,
+        search=spec.search,
+        n_trials=spec.n_trials(),
+        trials=trials,
+        params=params,
+        unit="samples" if spec.base.model.kind == "mlp" else "tokens",
+        cpus_per_trial=spec.cpus_per_trial,
+        gpus_per_trial=spec.gpus_per_trial,
+        seeds=spec.seeds,
+        num_samples=spec.num_samples,
+    )
+
+
+def _count(n: float) -> str:
+    """Plain with thousands separators below 10^7, ``5.31e+09`` style above."""
+    return f"{n:,.0f}" if n < 1e7 else f"{n:.3g}"
+
+
+def _params(n: int) -> str:
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            return f"{n / scale:.3f}{suffix}"
+    return str(n)
+
+
+def _span(values: tuple[int, ...]) -> str:
+    if not values:
+        return "-"
+    low, high = min(values), max(values)
+    return _count(low) if low == high else f"{_count(low)}-{_count(high)}"
+
+
+def format_plan(plan: SweepPlan) -> str:
+    """Human-readable, multi-line summary (``signlock plan``)."""
+    how = (
+        f"Optuna budget {plan.n_trials}"
+        if plan.search == "optuna"
+        else f"{plan.n_trials // plan.num_samples} grid points × {plan.num_samples} samples"
+    )
+    lines = [
+        f"sweep {plan.name}: {plan.n_trials} trials ({plan.search} search; {how})",
+        f"  seeds: {', '.join(map(str, plan.seeds))}",
+        f"  steps per trial: {_span(plan.steps_per_trial)} (total {_count(plan.total_steps)})",
+        f"  {plan.unit} per step: {_span(plan.tokens_per_step)}",
+        f"  total training {plan.unit}: {_count(plan.total_tokens)}",
+        f"  training FLOPs ≈ 6·N·{plan.unit}: {plan.total_flops:.3g}",
+        f"  resources per trial: {plan.cpus_per_trial:g} CPU, {plan.gpus_per_trial:g} GPU",
+        f"  models ({len(plan.params)}):",
+    ]
+    for label, params in plan.params.items():
+        n = sum(1 for t in plan.trials if t.model == label)
+        trials = "trial" if n == 1 else "trials"
+        lines.append(f"    {label}: {_params(params)} params ({params:,}), {n} {trials}")
+    return "\n".join(lines)

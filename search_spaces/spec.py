@@ -1,0 +1,790 @@
+"""Sweep specifications: a typed, validated description of a set of trials.
+
+A ``SweepSpec`` is a resolved base ``TrialConfig`` plus what varies around it. The orchestrator
+turns it into trials with :meth:`SweepSpec.grid_overrides` (the explicit grid points, each a dict
+of dotted overrides with a unique ``name`` and a ``seed``), :meth:`SweepSpec.random_axes` (what a
+Ray Tune / Optuna searcher samples on top of each grid point) and :meth:`SweepSpec.trial_config`
+(overrides -> ``TrialConfig``). Everything is validated when the spec is built, before anything
+runs: a bad spec raises ``ConfigError(field, value, allowed)`` whose field is a path such as
+``spec.axes[2].low`` or, for a point that does not give a valid trial, the trial field itself
+(``init.a_init``, ``regularizer.lam``, ...).
+
+YAML user spec (``load_spec("my-sweep.yaml")``; JSON with the same fields works too)::
+
+    name: my-sweep              # [A-Za-z0-9._-]; trials are named my-sweep-0000, my-sweep-0001, ...
+    base: charlm-lockin         # a trial preset name (`signlock presets`), or an inline mapping
+                                #   of TrialConfig fields, e.g. {steps: 500, optim: {lr: 1.0e-3}}
+    set: {steps: 500}           # optional dotted overrides applied to base (and to every "preset"
+                                #   axis value); a swept key may not also be set here
+    axes:                       # dotted TrialConfig field -> {KIND: ...}; order = expansion order
+      init.a_init: {grid: [0.005, 0.02]}          # explicit values, crossed with the other grids
+      regularizer.lam: {loguniform: [1e-4, 0.5]}  # sampled: uniform / loguniform [low, high]
+      optim.lr: {choice: [1e-4, 3e-4]}            #   or choice among values
+    seeds: [0, 1, 2]            # every grid point and every point below runs once per seed
+    num_samples: 4              # draws of the random axes per grid point (needs a random axis)
+    points:                     # extra override sets run in addition to the grid (x seeds)
+      - {init.a_init: 0.0, regularizer.lam: 0.0, init.template_rank: null}
+    search: grid                # grid, or optuna (then `budget` trials, random axes only)
+    budget: 20                  # Optuna trials; only with search: optuna
+    resources: {cpus_per_trial: 1, gpus_per_trial: 0}
+    description: "..."
+
+Semantics.
+
+* Grid expansion: the Cartesian product of the ``grid`` axes in the order written (first axis
+  slowest; no grid axis gives one point, the base itself), then ``points`` in order; each of those
+  override sets is repeated for every seed (seed innermost). Trial ``i`` of that list is named
+  ``f"{name}-{i:04d}"``.
+* Random axes (``choice``, ``uniform``, ``loguniform``) are not expanded: ``search: grid`` draws
+  them ``num_samples`` times per grid point and point (Ray Tune's ``num_samples``); a value a
+  point sets explicitly wins over the sampled one (:meth:`SweepSpec.merge`), so
+  ``n_trials = len(grid_overrides()) * num_samples``. ``search: optuna`` runs ``budget`` trials,
+  each a configuration Optuna proposes over the random axes; it therefore takes no grid axes, no
+  points, one seed and ``num_samples: 1``.
+* Validation builds the ``TrialConfig`` of every grid point and point with every random axis at
+  each of its extremes (``low``/``high``, every ``choice`` value), so e.g. an ``a_init`` above the
+  gap limit or ``lam > 0`` without a gap fails here, naming ``init.a_init`` / ``regularizer.lam``.
+* The special axis / point key ``preset`` takes trial preset names: that point starts from the
+  named trial preset (then ``set``, then the point's other overrides) instead of ``base``, e.g.
+  ``preset: {grid: [scale-31m, scale-1.2b]}`` crosses whole Table-1 configurations (C.5). Only
+  :meth:`SweepSpec.trial_config` understands it (``base.with_overrides`` does not).
+* PyYAML reads ``1e-4`` (no dot) as a string; numeric strings are accepted wherever a float
+  field or an axis bound is expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+from signlock.search_spaces.presets import TRIAL_PRESETS, trial_preset
+from signlock.trainables.config import TrialConfig
+from signlock.trainables.errors import ConfigError
+
+AXIS_KINDS = ("grid", "choice", "uniform", "loguniform")
+VALUE_KINDS = ("grid", "choice")  # axes given by explicit values
+RANGE_KINDS = ("uniform", "loguniform")  # axes given by [low, high]
+SEARCH_KINDS = ("grid", "optuna")
+PRESET_KEY = "preset"  # axis / point key whose values are trial preset names
+RESERVED_KEYS = ("name", "seed")  # set per trial by the expansion itself
+SPEC_FIELDS = (
+    "name",
+    "description",
+    "base",
+    "base_preset",
+    "set",
+    "axes",
+    "seeds",
+    "num_samples",
+    "points",
+    "search",
+    "budget",
+    "resources",
+)
+RESOURCE_FIELDS = ("cpus_per_trial", "gpus_per_trial")
+MAX_VALIDATED_CORNERS = 4096  # above this many random-axis corners, vary one axis at a time
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+# ---------------------------------------------------------------------------------------------
+# Dotted keys of TrialConfig
+# ---------------------------------------------------------------------------------------------
+
+
+def _unwrap_optional(hint: Any) -> Any:
+    if get_origin(hint) in (typing.Union, types.UnionType):
+        inner = [a for a in get_args(hint) if a is not type(None)]
+        return inner[0] if len(inner) == 1 else hint
+    return hint
+
+
+def field_hint(dotted: str) -> Any:
+    """The type hint of a dotted TrialConfig field (``"optim.lr"`` -> ``float``); raises
+    ``KeyError`` with the fields allowed at the first part that does not exist."""
+    hint: Any = TrialConfig
+    walked: list[str] = []
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(hint):
+            raise KeyError(f"{'.'.join(walked)} is a value, not a section")
+        hints = typing.get_type_hints(hint)
+        if part not in hints:
+            where = ".".join(walked) or "the top level"
+            raise KeyError(f"fields in {where}: {', '.join(sorted(hints))}")
+        hint = _unwrap_optional(hints[part])
+        walked.append(part)
+    return hint
+
+
+def check_key(key: object, where: str) -> str:
+    """A dotted TrialConfig field name (or ``preset``); raises ``ConfigError(where, ...)``."""
+    if not isinstance(key, str) or not key:
+        raise ConfigError(where, key, "a dotted TrialConfig field name, e.g. optim.lr")
+    if key in RESERVED_KEYS:
+        raise ConfigError(where, key, "not name or seed (set per trial; use spec.seeds)")
+    if key == PRESET_KEY:
+        return key
+    try:
+        field_hint(key)
+    except KeyError as missing:
+        raise ConfigError(where, key, f"a dotted TrialConfig field; {missing.args[0]}") from None
+    return key
+
+
+def parse_number(value: object) -> object:
+    """``"1e-4"`` -> ``1e-4`` (PyYAML reads exponent floats without a dot as strings); anything
+    else is returned unchanged."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def coerce_value(key: str, value: Any) -> Any:
+    """A user-supplied value for dotted field ``key`` with numeric strings of float fields (and
+    of list[float] fields) turned into floats; everything else unchanged (validated later)."""
+    if key == PRESET_KEY:
+        return value
+    try:
+        hint = field_hint(key)
+    except KeyError:
+        return value
+    if hint is float:
+        return parse_number(value)
+    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+        return {k: coerce_value(f"{key}.{k}", v) for k, v in value.items()}
+    if get_origin(hint) is list and get_args(hint)[0] is float and isinstance(value, list):
+        return [parse_number(v) for v in value]
+    return value
+
+
+def coerce_mapping(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """An inline (nested) TrialConfig mapping with numeric strings of float fields converted."""
+    return {k: coerce_value(f"{prefix}{k}", v) for k, v in raw.items()}
+
+
+def _plain(value: Any) -> Any:
+    """Tuples -> lists, recursively: the JSON shape of a value."""
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# ---------------------------------------------------------------------------------------------
+# Axis
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One swept TrialConfig field. ``grid``: every value is a separate grid point; ``choice``:
+    sampled among ``values``; ``uniform`` / ``loguniform``: sampled in ``[low, high]``."""
+
+    key: str
+    kind: str
+    values: tuple[Any, ...] = ()
+    low: float | None = None
+    high: float | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.values, list):
+            object.__setattr__(self, "values", tuple(self.values))
+        for name in ("low", "high"):  # a range is continuous: sampled values are floats
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, name, float(value))
+
+    @property
+    def is_random(self) -> bool:
+        """Sampled by the searcher rather than expanded into the grid."""
+        return self.kind != "grid"
+
+    def corners(self) -> tuple[Any, ...]:
+        """The values validated before anything runs: every value, or ``low`` and ``high``."""
+        return self.values if self.kind in VALUE_KINDS else (self.low, self.high)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML form ``{kind: [...]}`` (without the key)."""
+        if self.kind in RANGE_KINDS:
+            return {self.kind: [self.low, self.high]}
+        return {self.kind: _plain(list(self.values))}
+
+    @classmethod
+    def from_dict(cls, key: str, raw: object, where: str) -> Axis:
+        """Parse ``{grid: [...]}``, ``{choice: [...]}`` or ``{uniform|loguniform: [low, high]}``."""
+        allowed = "a mapping {KIND: [...]} with KIND one of " + ", ".join(AXIS_KINDS)
+        if not isinstance(raw, dict) or len(raw) != 1:
+            raise ConfigError(where, raw, allowed)
+        ((kind, body),) = raw.items()
+        if kind not in AXIS_KINDS:
+            raise ConfigError(f"{where}.kind", kind, "one of " + ", ".join(AXIS_KINDS))
+        if kind in VALUE_KINDS:
+            if not isinstance(body, list):
+                raise ConfigError(f"{where}.values", body, f"a non-empty list of {key} values")
+            return cls(key=key, kind=kind, values=tuple(coerce_value(key, v) for v in body))
+        if not isinstance(body, list) or len(body) != 2:
+            raise ConfigError(where, body, f"[low, high] for a {kind} axis")
+        low, high = (parse_number(v) for v in body)
+        return cls(key=key, kind=kind, low=low, high=high)  # type: ignore[arg-type]
+
+
+def _naming_axis(error: ConfigError, key: object) -> ConfigError:
+    """``error`` with the axis key appended to its message unless it already names it."""
+    if isinstance(key, str) and key in str(error):
+        return error
+    return ConfigError(error.field, error.value, f"{error.allowed} (axis {key})")
+
+
+def _check_axis(axis: object, where: str) -> None:
+    if not isinstance(axis, Axis):
+        raise ConfigError(where, axis, "an Axis")
+    check_key(axis.key, f"{where}.key")
+    try:
+        if axis.kind not in AXIS_KINDS:
+            raise ConfigError(f"{where}.kind", axis.kind, "one of " + ", ".join(AXIS_KINDS))
+        if axis.kind in VALUE_KINDS:
+            _check_value_axis(axis, where)
+        else:
+            _check_range_axis(axis, where)
+    except ConfigError as error:
+        raise _naming_axis(error, axis.key) from None
+
+
+def _check_value_axis(axis: Axis, where: str) -> None:
+    if not isinstance(axis.values, tuple) or not axis.values:
+        raise ConfigError(f"{where}.values", axis.values, f"a non-empty list of {axis.key} values")
+    if axis.low is not None or axis.high is not None:
+        raise ConfigError(f"{where}.low", axis.low, f"null for a {axis.kind} axis (use values)")
+    for i, value in enumerate(axis.values):
+        if value in axis.values[:i]:
+            raise ConfigError(f"{where}.values", list(axis.values), "distinct values")
+    if axis.key == PRESET_KEY:
+        for value in axis.values:
+            if value not in TRIAL_PRESETS:
+                raise ConfigError(
+                    f"{where}.values", value, "trial preset names: " + ", ".join(TRIAL_PRESETS)
+                )
+
+
+def _check_range_axis(axis: Axis, where: str) -> None:
+    if axis.key == PRESET_KEY:
+        raise ConfigError(f"{where}.kind", axis.kind, "grid or choice for the preset axis")
+    if axis.values:
+        raise ConfigError(f"{where}.values", axis.values, f"empty for a {axis.kind} axis")
+    for name in ("low", "high"):
+        value = getattr(axis, name)
+        if not _is_number(value):
+            raise ConfigError(f"{where}.{name}", value, "a finite number")
+    if axis.kind == "loguniform" and axis.low <= 0:  # type: ignore[operator]
+        raise ConfigError(f"{where}.low", axis.low, "a number > 0 for a loguniform axis")
+    if axis.low >= axis.high:  # type: ignore[operator]
+        raise ConfigError(f"{where}.low", axis.low, f"a number < high={axis.high}")
+
+
+# ---------------------------------------------------------------------------------------------
+# SweepSpec
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A validated sweep: ``base`` (resolved trial config, from trial preset ``base_preset`` with
+    ``base_overrides`` applied), the axes, seeds and extra points, and how to search and run it.
+    See the module docstring for the YAML form and the expansion rules."""
+
+    name: str
+    base: TrialConfig
+    base_preset: str | None
+    axes: tuple[Axis, ...] = ()
+    seeds: tuple[int, ...] = (0,)
+    points: tuple[dict[str, Any], ...] = ()
+    num_samples: int = 1
+    search: str = "grid"
+    budget: int | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    description: str = ""
+    base_overrides: dict[str, Any] = field(default_factory=dict)  # the YAML `set`
+
+    def __post_init__(self) -> None:
+        for name in ("axes", "seeds", "points"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        if not isinstance(self.points, tuple):
+            raise ConfigError("spec.points", self.points, "a list of mappings of dotted overrides")
+        object.__setattr__(self, "points", tuple(_copy_point(p) for p in self.points))
+        self._check_fields()
+        self._check_search()
+        self._check_trials()
+
+    # -- validation ----------------------------------------------------------------------------
+
+    def _check_fields(self) -> None:
+        if not isinstance(self.name, str) or not _NAME_RE.fullmatch(self.name):
+            raise ConfigError("spec.name", self.name, "a non-empty name of [A-Za-z0-9._-]")
+        if not isinstance(self.base, TrialConfig):
+            raise ConfigError("spec.base", type(self.base).__name__, "a TrialConfig")
+        if self.base_preset is not None and self.base_preset not in TRIAL_PRESETS:
+            raise ConfigError(
+                "spec.base_preset", self.base_preset, "null or one of " + ", ".join(TRIAL_PRESETS)
+            )
+        if not isinstance(self.description, str):
+            raise ConfigError("spec.description", self.description, "a string")
+        self._check_set()
+        self._check_axes()
+        self._check_seeds()
+        self._check_points()
+        self._check_resources()
+
+    def _check_set(self) -> None:
+        if not isinstance(self.base_overrides, dict):
+            raise ConfigError("spec.set", self.base_overrides, "a mapping of dotted overrides")
+        for key in self.base_overrides:
+            check_key(key, "spec.set")
+            if key == PRESET_KEY:
+                raise ConfigError("spec.set", key, "TrialConfig fields (choose presets by base)")
+
+    def _check_axes(self) -> None:
+        if not isinstance(self.axes, tuple):
+            raise ConfigError("spec.axes", self.axes, "a list of axes")
+        for i, axis in enumerate(self.axes):
+            _check_axis(axis, f"spec.axes[{i}]")
+            earlier = [a.key for a in self.axes[:i]]
+            if axis.key in earlier:
+                raise ConfigError(f"spec.axes[{i}].key", axis.key, "a key not already swept")
+            if axis.key in self.base_overrides:
+                raise ConfigError(
+                    f"spec.set.{axis.key}",
+                    self.base_overrides[axis.key],
+                    f"absent: {axis.key} is swept by spec.axes[{i}]",
+                )
+
+    def _check_seeds(self) -> None:
+        seeds = self.seeds
+        if not isinstance(seeds, tuple) or not seeds:
+            raise ConfigError("spec.seeds", seeds, "a non-empty list of integers >= 0")
+        for seed in seeds:
+            if not _is_int(seed) or seed < 0:
+                raise ConfigError("spec.seeds", list(seeds), "a non-empty list of integers >= 0")
+        if len(set(seeds)) != len(seeds):
+            raise ConfigError("spec.seeds", list(seeds), "distinct seeds")
+
+    def _check_points(self) -> None:
+        for j, point in enumerate(self.points):
+            if not point:
+                raise ConfigError(f"spec.points[{j}]", point, "a non-empty mapping of overrides")
+            for key, value in point.items():
+                check_key(key, f"spec.points[{j}]")
+                if key == PRESET_KEY and value not in TRIAL_PRESETS:
+                    raise ConfigError(
+                        f"spec.points[{j}].preset", value, "one of " + ", ".join(TRIAL_PRESETS)
+                    )
+
+    def _check_resources(self) -> None:
+        if not _is_number(self.cpus_per_trial) or self.cpus_per_trial <= 0:
+            raise ConfigError("spec.resources.cpus_per_trial", self.cpus_per_trial, "a number > 0")
+        if not _is_number(self.gpus_per_trial) or self.gpus_per_trial < 0:
+            raise ConfigError("spec.resources.gpus_per_trial", self.gpus_per_trial, "a number >= 0")
+
+    def _check_search(self) -> None:
+        if not _is_int(self.num_samples) or self.num_samples < 1:
+            raise ConfigError("spec.num_samples", self.num_samples, "an integer >= 1")
+        if self.search not in SEARCH_KINDS:
+            raise ConfigError("spec.search", self.search, "one of " + ", ".join(SEARCH_KINDS))
+        if self.search == "grid":
+            self._check_grid_search()
+        else:
+            self._check_optuna_search()
+
+    def _check_grid_search(self) -> None:
+        if self.budget is not None:
+            raise ConfigError("spec.budget", self.budget, "null unless spec.search='optuna'")
+        if self.num_samples > 1 and not self.random_axes():
+            raise ConfigError(
+                "spec.num_samples",
+                self.num_samples,
+                "1 when no axis is random (repeat trials with spec.seeds)",
+            )
+
+    def _check_optuna_search(self) -> None:
+        if not _is_int(self.budget) or self.budget < 1:
+            raise ConfigError("spec.budget", self.budget, "an integer >= 1 for search='optuna'")
+        for i, axis in enumerate(self.axes):
+            if not axis.is_random:
+                raise ConfigError(
+                    f"spec.axes[{i}].kind",
+                    axis.kind,
+                    "choice, uniform or loguniform when spec.search='optuna'",
+                )
+        if not self.axes:
+            raise ConfigError("spec.axes", [], "at least one random axis for search='optuna'")
+        if self.points:
+            raise ConfigError("spec.points", list(self.points), "empty for search='optuna'")
+        if len(self.seeds) != 1:
+            raise ConfigError(
+                "spec.seeds", list(self.seeds), "exactly one seed for search='optuna'"
+            )
+        if self.num_samples != 1:
+            raise ConfigError(
+                "spec.num_samples", self.num_samples, "1 for search='optuna' (use spec.budget)"
+            )
+
+    def _check_trials(self) -> None:
+        """Build the TrialConfig of every grid point and point at every random-axis corner."""
+        seed = self.seeds[0]
+        for overrides in self._override_sets():
+            for corner in self._random_corners():
+                point = {**self.merge(overrides, corner), "seed": seed}
+                try:
+                    self.trial_config(point)
+                except ConfigError as error:
+                    shown = {k: v for k, v in point.items() if k != "seed"}
+                    raise ConfigError(
+                        error.field, error.value, f"{error.allowed} (in sweep point {shown})"
+                    ) from None
+
+    def _random_corners(self) -> list[dict[str, Any]]:
+        axes = self.random_axes()
+        n_corners = math.prod(len(a.corners()) for a in axes)
+        if n_corners <= MAX_VALIDATED_CORNERS:
+            return [
+                dict(zip([a.key for a in axes], combo, strict=True))
+                for combo in itertools.product(*(a.corners() for a in axes))
+            ]
+        first = {a.key: a.corners()[0] for a in axes}
+        return [{**first, a.key: value} for a in axes for value in a.corners()]
+
+    # -- expansion ----------------------------------------------------------------------------
+
+    def grid_axes(self) -> tuple[Axis, ...]:
+        """The axes expanded into explicit grid points."""
+        return tuple(a for a in self.axes if not a.is_random)
+
+    def random_axes(self) -> tuple[Axis, ...]:
+        """The axes a searcher samples (uniform, loguniform, choice), in spec order."""
+        return tuple(a for a in self.axes if a.is_random)
+
+    def _override_sets(self) -> list[dict[str, Any]]:
+        grid = self.grid_axes()
+        keys = [a.key for a in grid]
+        combos = itertools.product(*(a.values for a in grid))
+        sets = [dict(zip(keys, combo, strict=True)) for combo in combos]
+        return sets + [dict(p) for p in self.points]
+
+    def grid_overrides(self) -> list[dict[str, Any]]:
+        """Every grid combination, then every point, each once per seed (seed innermost); each
+        dict holds ``name`` (``f"{spec.name}-{i:04d}"``), ``seed`` and the dotted overrides."""
+        out: list[dict[str, Any]] = []
+        for overrides in self._override_sets():
+            for seed in self.seeds:
+                out.append({"name": f"{self.name}-{len(out):04d}", "seed": seed, **overrides})
+        return out
+
+    def n_grid_points(self) -> int:
+        """``len(grid_overrides())`` without expanding it."""
+        n_sets = math.prod(len(a.values) for a in self.grid_axes()) + len(self.points)
+        return n_sets * len(self.seeds)
+
+    def n_trials(self) -> int:
+        """Trials the sweep runs: grid points x ``num_samples``, or ``budget`` for Optuna."""
+        if self.search == "optuna":
+            return int(self.budget)  # type: ignore[arg-type]
+        return self.n_grid_points() * self.num_samples
+
+    def merge(self, overrides: dict[str, Any], sampled: dict[str, Any]) -> dict[str, Any]:
+        """The overrides of one trial: the searcher's ``sampled`` random-axis values, then the
+        grid point's explicit ``overrides``, which win (a point such as the baseline keeps the
+        values it sets even when the same key is a random axis)."""
+        return {**sampled, **overrides}
+
+    def trial_config(self, overrides: dict[str, Any]) -> TrialConfig:
+        """``base.with_overrides(overrides)``; a ``preset`` key starts from that trial preset
+        (with ``set`` re-applied) instead. Errors are ``ConfigError`` naming the field."""
+        overrides = dict(overrides)
+        preset = overrides.pop(PRESET_KEY, None)
+        try:
+            if preset is None:
+                return self.base.with_overrides(overrides)
+            return trial_preset(preset).with_overrides({**self.base_overrides, **overrides})
+        except (TypeError, KeyError, AttributeError) as error:
+            allowed = f"dotted TrialConfig overrides ({error})"
+            raise ConfigError("overrides", overrides, allowed) from None
+
+    # -- (de)serialisation --------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able YAML form; ``SweepSpec.from_dict(spec.to_dict()) == spec``. ``base`` is
+        written inline (resolved) with ``base_preset`` kept as provenance; re-applying ``set``
+        to the resolved base is a no-op."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "base": self.base.to_dict(),
+            "base_preset": self.base_preset,
+            "set": _plain(dict(self.base_overrides)),
+            "axes": {axis.key: axis.to_dict() for axis in self.axes},
+            "seeds": list(self.seeds),
+            "num_samples": self.num_samples,
+            "points": [_plain(dict(p)) for p in self.points],
+            "search": self.search,
+            "budget": self.budget,
+            "resources": {
+                "cpus_per_trial": self.cpus_per_trial,
+                "gpus_per_trial": self.gpus_per_trial,
+            },
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: object) -> SweepSpec:
+        """Parse and validate the YAML user form (module docstring)."""
+        if not isinstance(data, dict):
+            raise ConfigError("spec", data, "a mapping of sweep fields")
+        for key, value in data.items():
+            if key not in SPEC_FIELDS:
+                raise ConfigError(
+                    f"spec.{key}", value, "unknown field; allowed: " + ", ".join(SPEC_FIELDS)
+                )
+        if "name" not in data:
+            raise ConfigError("spec.name", None, "a sweep name")
+        base_overrides = _parse_set(data.get("set"))
+        base, base_preset = _parse_base(data, base_overrides)
+        cpus, gpus = _parse_resources(data.get("resources"))
+        return cls(
+            name=data["name"],
+            description=data.get("description") or "",
+            base=base,
+            base_preset=base_preset,
+            base_overrides=base_overrides,
+            axes=_parse_axes(data.get("axes")),
+            seeds=_parse_list(data.get("seeds", [0]), "spec.seeds", "a list of integers >= 0"),
+            num_samples=data.get("num_samples", 1),
+            points=_parse_points(data.get("points")),
+            search=data.get("search", "grid"),
+            budget=data.get("budget"),
+            cpus_per_trial=cpus,
+            gpus_per_trial=gpus,
+        )
+
+
+def _copy_point(point: object) -> dict[str, Any]:
+    if not isinstance(point, dict):
+        raise ConfigError("spec.points", point, "a list of mappings of dotted overrides")
+    return dict(point)
+
+
+def _parse_list(value: object, where: str, allowed: str) -> tuple[Any, ...]:
+    if not isinstance(value, list | tuple):
+        raise ConfigError(where, value, allowed)
+    return tuple(value)
+
+
+def _parse_set(raw: object) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError("spec.set", raw, "a mapping of dotted overrides, e.g. {steps: 500}")
+    return {check_key(k, "spec.set"): coerce_value(k, v) for k, v in raw.items()}
+
+
+def _parse_base(data: dict[str, Any], overrides: dict[str, Any]) -> tuple[TrialConfig, str | None]:
+    raw = data.get("base")
+    base_preset = data.get("base_preset")
+    if isinstance(raw, str):
+        if raw not in TRIAL_PRESETS:
+            raise ConfigError("spec.base", raw, "one of " + ", ".join(TRIAL_PRESETS))
+        if base_preset is not None and base_preset != raw:
+            raise ConfigError("spec.base_preset", base_preset, f"null or {raw!r} (spec.base)")
+        return trial_preset(raw).with_overrides(overrides), raw
+    if isinstance(raw, dict):
+        if base_preset is not None and base_preset not in TRIAL_PRESETS:
+            raise ConfigError(
+                "spec.base_preset", base_preset, "null or one of " + ", ".join(TRIAL_PRESETS)
+            )
+        return TrialConfig.from_dict(coerce_mapping(raw)).with_overrides(overrides), base_preset
+    raise ConfigError(
+        "spec.base", raw, "a trial preset name (`signlock presets`) or a mapping of trial fields"
+    )
+
+
+def _parse_axes(raw: object) -> tuple[Axis, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise ConfigError("spec.axes", raw, "a mapping: dotted field -> {KIND: ...}")
+    axes = []
+    for i, (key, body) in enumerate(raw.items()):
+        where = f"spec.axes[{i}]"
+        check_key(key, f"{where}.key")
+        try:
+            axes.append(Axis.from_dict(key, body, where))
+        except ConfigError as error:
+            raise _naming_axis(error, key) from None
+    return tuple(axes)
+
+
+def _parse_points(raw: object) -> tuple[dict[str, Any], ...]:
+    if raw is None:
+        return ()
+    points = _parse_list(raw, "spec.points", "a list of mappings of dotted overrides")
+    parsed = []
+    for j, point in enumerate(points):
+        if not isinstance(point, dict):
+            raise ConfigError(f"spec.points[{j}]", point, "a mapping of dotted overrides")
+        parsed.append(
+            {check_key(k, f"spec.points[{j}]"): coerce_value(k, v) for k, v in point.items()}
+        )
+    return tuple(parsed)
+
+
+def _parse_resources(raw: object) -> tuple[Any, Any]:
+    if raw is None:
+        return 1.0, 0.0
+    if not isinstance(raw, dict):
+        raise ConfigError("spec.resources", raw, "a mapping {cpus_per_trial, gpus_per_trial}")
+    for key in raw:
+        if key not in RESOURCE_FIELDS:
+            raise ConfigError(
+                f"spec.resources.{key}", raw[key], "unknown; allowed: " + ", ".join(RESOURCE_FIELDS)
+            )
+    return (
+        parse_number(raw.get("cpus_per_trial", 1.0)),
+        parse_number(raw.get("gpus_per_trial", 0.0)),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_unique_keys(node: Any, path: str) -> None:
+    """Reject duplicate mapping keys in a composed YAML node tree (PyYAML keeps the last)."""
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise ConfigError(path, key, f"keys that appear once (duplicate on line {line})")
+            seen.add(key)
+            _check_unique_keys(value_node, f"{path}.{key}")
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_unique_keys(item, f"{path}[{i}]")
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ConfigError("spec", key, "keys that appear once in each JSON object")
+        out[key] = value
+    return out
+
+
+def read_spec_file(path: str | Path) -> dict[str, Any]:
+    """The raw mapping of a ``.json`` or YAML spec file (duplicate keys are an error)."""
+    import yaml
+
+    path = Path(path)
+    text = path.read_text()
+    try:
+        if path.suffix == ".json":
+            raw = json.loads(text, object_pairs_hook=_reject_duplicates)
+        else:
+            _check_unique_keys(yaml.compose(text, Loader=yaml.SafeLoader), "spec")
+            raw = yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError("spec", str(path), f"valid YAML/JSON ({first})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError("spec", str(path), "a file holding a mapping of sweep fields")
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with command-line overrides: ``spec.FIELD`` (or ``spec.resources.X``) replaces a
+    sweep field; any other key is a dotted trial override merged into ``set``."""
+    raw = dict(raw)
+    merged_set = dict(raw.get("set") or {})
+    for key, value in overrides.items():
+        if not isinstance(key, str) or not key:
+            raise ConfigError("overrides", key, "dotted keys")
+        if key.startswith("spec."):
+            _set_spec_field(raw, key, value)
+        else:
+            merged_set[key] = value
+    if merged_set:
+        raw["set"] = merged_set
+    return raw
+
+
+def _set_spec_field(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")[1:]
+    if parts[0] not in SPEC_FIELDS or (len(parts) > 1 and parts[0] != "resources"):
+        raise ConfigError(key, value, "spec.FIELD with FIELD one of " + ", ".join(SPEC_FIELDS))
+    if len(parts) == 1:
+        raw[parts[0]] = value
+        return
+    if len(parts) != 2:
+        raise ConfigError(key, value, "spec.resources.cpus_per_trial or .gpus_per_trial")
+    raw["resources"] = {**(raw.get("resources") or {}), parts[1]: value}
+
+
+def load_spec(preset_or_path: str, overrides: dict[str, Any] | None = None) -> SweepSpec:
+    """A sweep preset (``signlock.search_spaces.sweeps``) or a YAML/JSON spec file, with optional
+    ``overrides`` (see :func:`apply_overrides`), validated."""
+    from signlock.search_spaces.sweeps import SWEEP_PRESETS, sweep_preset
+
+    if preset_or_path in SWEEP_PRESETS:
+        raw = sweep_preset(preset_or_path).to_dict()
+    elif Path(preset_or_path).is_file():
+        raw = read_spec_file(preset_or_path)
+    else:
+        raise ConfigError(
+            "spec",
+            preset_or_path,
+            f"a sweep preset ({', '.join(SWEEP_PRESETS)}) or a YAML file",
+        )
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+    return SweepSpec.from_dict(raw)
+
+
+__all__ = [
+    "AXIS_KINDS",
+    "PRESET_KEY",
+    "SEARCH_KINDS",
+    "Axis",
+    "SweepSpec",
+    "apply_overrides",
+    "check_key",
+    "field_hint",
+    "load_spec",
+    "read_spec_file",
+]
