@@ -1,7 +1,8 @@
 """The ``signlock`` command line.
 
 User errors (``SignlockError``) print one line, ``signlock: error: …``, and exit with status 2;
-anything else keeps its traceback.
+anything else keeps its traceback. Ray, MLflow and Optuna are imported only by the commands that
+use them, so ``train``/``plan`` start fast and bad input fails before any of them starts.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from signlock.trainables.config import TrialConfig
 from signlock.trainables.errors import ConfigError, SignlockError
 
 DEFAULT_RUNS_DIR = Path("signlock-runs")
+DEFAULT_SWEEPS_DIR = DEFAULT_RUNS_DIR / "sweeps"
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -60,10 +62,222 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    for name in TRIAL_PRESETS:
-        doc = (TRIAL_PRESETS[name].__doc__ or "").strip().splitlines()
-        print(f"{name:24s} {doc[0] if doc else ''}")
+    from signlock.search_spaces.sweeps import SWEEP_PRESETS
+
+    print("trial presets (signlock train --preset NAME):")
+    for name, factory in TRIAL_PRESETS.items():
+        doc = (factory.__doc__ or "").strip().splitlines()
+        print(f"  {name:24s} {doc[0] if doc else ''}")
+    print("sweep presets (signlock sweep NAME):")
+    for name, factory in SWEEP_PRESETS.items():
+        doc = (factory.__doc__ or "").strip().splitlines()
+        print(f"  {name:24s} {doc[0] if doc else ''}")
     return 0
+
+
+def _tracking_uri(args: argparse.Namespace) -> str:
+    from signlock.orchestrator.tracking import default_tracking_uri
+
+    return args.tracking_uri or default_tracking_uri(DEFAULT_RUNS_DIR)
+
+
+def _sweep_options(args: argparse.Namespace, **extra: Any) -> Any:
+    from signlock.orchestrator.sweep import SweepOptions, storage_path
+
+    return SweepOptions(
+        storage=storage_path(args.storage),
+        tracking_uri=_tracking_uri(args),
+        experiment=args.experiment,
+        address=args.address,
+        progress=not args.quiet,
+        verbose=args.verbose,
+        **extra,
+    )
+
+
+def _load_spec(args: argparse.Namespace) -> Any:
+    from signlock.search_spaces.spec import load_spec
+
+    overrides = parse_overrides(args.set)
+    return load_spec(args.spec, overrides or None)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from signlock.search_spaces.plan import format_plan, plan_sweep
+
+    print(format_plan(plan_sweep(_load_spec(args))))
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from signlock.orchestrator.sweep import launch_sweep, print_results, with_search
+    from signlock.orchestrator.trainable import FaultInjection
+
+    spec = _load_spec(args)
+    if args.search is not None or args.budget is not None:
+        spec = with_search(spec, args.search or spec.search, args.budget)
+    options = _sweep_options(
+        args,
+        max_concurrent=args.max_concurrent,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        max_failures=args.max_failures,
+        faults=tuple(FaultInjection.parse(text) for text in args.inject_fault),
+    )
+    table = launch_sweep(spec, options, name=args.name)
+    print_results(table, spec.search, options.storage / (args.name or spec.name))
+    return 1 if (table["status"] == "ERROR").any() else 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from signlock.orchestrator.sweep import print_results, resume_sweep, sweep_dir_for
+
+    options = _sweep_options(args)
+    sweep_dir = sweep_dir_for(args.sweep, options.storage)
+    table = resume_sweep(
+        args.sweep,
+        options,
+        restart_errored=args.restart_errored,
+        resume_errored=not args.skip_errored,
+    )
+    print_results(table, "", sweep_dir)
+    return 1 if (table["status"] == "ERROR").any() else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from signlock.orchestrator.status import format_status, sweep_status
+    from signlock.orchestrator.sweep import storage_path, sweep_dir_for
+
+    sweep_dir = sweep_dir_for(args.sweep, storage_path(args.storage))
+    print(format_status(sweep_status(sweep_dir)))
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from signlock.orchestrator.query import FORMATS, search_runs, write_runs
+
+    if args.format not in FORMATS:
+        raise ConfigError("--format", args.format, "one of " + ", ".join(FORMATS))
+    runs = search_runs(
+        _tracking_uri(args),
+        args.experiment,
+        filter_text=args.filter,
+        mlflow_filter=args.mlflow_filter,
+        include_sweeps=args.include_sweeps,
+    )
+    if args.sweep:
+        runs = runs[runs.get("tags.signlock.sweep") == args.sweep]
+    output = Path(args.output) if args.output else None
+    print(write_runs(runs, args.format, output, args.all_columns))
+    return 0
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from signlock.orchestrator.servers import mlflow_server_command, run_foreground
+
+    command = mlflow_server_command(
+        backend_store_uri=args.backend_store_uri or _tracking_uri(args),
+        artifacts_destination=args.artifacts_destination
+        or str((DEFAULT_RUNS_DIR / "mlartifacts").resolve()),
+        host=args.host,
+        port=args.port,
+        ui_only=args.command == "ui",
+    )
+    return run_foreground(command)
+
+
+def _add_tracking_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tracking-uri",
+        help=f"MLflow tracking URI (default sqlite:///{DEFAULT_RUNS_DIR}/mlflow.db)",
+    )
+    parser.add_argument("--experiment", default="signlock", help="MLflow experiment name")
+
+
+def _add_sweep_runtime_args(parser: argparse.ArgumentParser) -> None:
+    _add_tracking_args(parser)
+    parser.add_argument(
+        "--storage",
+        default=str(DEFAULT_SWEEPS_DIR),
+        help=f"directory holding sweeps (default {DEFAULT_SWEEPS_DIR})",
+    )
+    parser.add_argument("--address", help="connect to an existing Ray cluster (e.g. auto)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--verbose", action="store_true", help="Ray Tune's tables, worker logs")
+
+
+def _add_sweep_commands(commands: Any) -> None:
+    plan = commands.add_parser("plan", help="trial count, compute and resources of a sweep")
+    plan.add_argument("spec", help="a sweep preset (see `signlock presets`) or a YAML spec")
+    plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    plan.set_defaults(func=cmd_plan)
+
+    sweep = commands.add_parser("sweep", help="run a sweep on Ray Tune, logging to MLflow")
+    sweep.add_argument("spec", help="a sweep preset or a YAML spec file")
+    sweep.add_argument("--name", help="sweep name (default: the spec's name)")
+    sweep.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a base trial field for every trial, e.g. --set steps=200",
+    )
+    sweep.add_argument("--max-concurrent", type=int, help="trials running at once")
+    sweep.add_argument("--cpus-per-trial", type=float)
+    sweep.add_argument("--gpus-per-trial", type=float)
+    sweep.add_argument(
+        "--max-failures", type=int, default=2, help="retries of a crashed trial (default 2)"
+    )
+    sweep.add_argument("--search", choices=["grid", "optuna"], help="override the spec's search")
+    sweep.add_argument("--budget", type=int, help="number of Optuna trials")
+    sweep.add_argument(
+        "--inject-fault",
+        action="append",
+        default=[],
+        metavar="NAME:STEP[:raise|nan]",
+        help="make trial NAME crash (raise) or diverge (nan) once at STEP, to test recovery",
+    )
+    _add_sweep_runtime_args(sweep)
+    sweep.set_defaults(func=cmd_sweep)
+
+    resume = commands.add_parser("resume", help="continue an interrupted sweep")
+    resume.add_argument("sweep", help="sweep name (under --storage) or sweep directory")
+    resume.add_argument(
+        "--restart-errored", action="store_true", help="rerun errored trials from scratch"
+    )
+    resume.add_argument("--skip-errored", action="store_true", help="leave errored trials")
+    _add_sweep_runtime_args(resume)
+    resume.set_defaults(func=cmd_resume)
+
+    status = commands.add_parser("status", help="trials by state and the best so far")
+    status.add_argument("sweep", help="sweep name (under --storage) or sweep directory")
+    status.add_argument("--storage", default=str(DEFAULT_SWEEPS_DIR))
+    status.set_defaults(func=cmd_status)
+
+    query = commands.add_parser("query", help="search trial runs in MLflow")
+    _add_tracking_args(query)
+    query.add_argument("--filter", help='e.g. "params.a_init > 0.01 and metrics.val_ppl < 5"')
+    query.add_argument("--mlflow-filter", help="an MLflow filter string, applied server-side")
+    query.add_argument("--sweep", help="only runs of this sweep")
+    query.add_argument("--format", default="table", help="table, csv, json or parquet")
+    query.add_argument("--output", help="write to this file instead of stdout")
+    query.add_argument("--all-columns", action="store_true")
+    query.add_argument("--include-sweeps", action="store_true", help="also the parent runs")
+    query.set_defaults(func=cmd_query)
+
+    for name, text in (
+        ("ui", "the MLflow UI on 127.0.0.1"),
+        ("server", "an MLflow tracking server (sqlite or PostgreSQL backend) on 127.0.0.1"),
+    ):
+        server = commands.add_parser(name, help=text)
+        server.add_argument("--tracking-uri", help=argparse.SUPPRESS)
+        server.add_argument(
+            "--backend-store-uri", help="sqlite:///PATH or postgresql://USER@HOST/DB"
+        )
+        server.add_argument("--artifacts-destination", help="artifact root directory or URI")
+        server.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+        server.add_argument("--port", type=int, default=5000)
+        server.set_defaults(func=cmd_server)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,8 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
 
-    presets = commands.add_parser("presets", help="list trial presets")
+    presets = commands.add_parser("presets", help="list trial and sweep presets")
     presets.set_defaults(func=cmd_presets)
+    _add_sweep_commands(commands)
     return parser
 
 

@@ -9,6 +9,7 @@ Run directory layout (a run directory alone is enough to resume or reproduce the
     tensor_stats.parquet per-tensor lock-in statistics of the sign tracker
     summary.json         final metrics (see ``Trial._summary``)
     checkpoints/latest.pt model, optimizer, scheduler, RNG, tracker state (torch.load weights_only)
+    checkpoints/latest.json {"step": N} of that checkpoint
 
 Nothing here knows about Ray or MLflow: callers observe progress through ``Reporter``.
 """
@@ -358,11 +359,16 @@ class Trial:
         }
 
     def save_checkpoint(self, path: Path) -> None:
-        """Write atomically (temp file + rename): a crash mid-save keeps the previous one."""
+        """Write atomically (temp file + rename): a crash mid-save keeps the previous one. A
+        ``.json`` sidecar records the step, so callers can compare checkpoints without loading
+        them (it may lag the ``.pt`` after a crash, never lead it)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         torch.save(self.state_dict(), tmp)
         os.replace(tmp, path)
+        sidecar = path.with_suffix(".json")
+        sidecar.with_suffix(".json.tmp").write_text(json.dumps({"step": self.step}))
+        os.replace(sidecar.with_suffix(".json.tmp"), sidecar)
 
     def load_checkpoint(self, path: Path) -> None:
         state = torch.load(path, map_location=self.device, weights_only=True)
@@ -430,6 +436,14 @@ def run_trial(
 ) -> dict[str, Any]:
     """Build and run one trial; returns its summary (also written to ``summary.json``)."""
     return Trial(cfg, run_dir, progress=progress).run(reporter, resume=resume)
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step of a checkpoint by its ``.json`` sidecar; -1 when there is no checkpoint."""
+    sidecar = path.with_suffix(".json")
+    if not path.is_file() or not sidecar.is_file():
+        return -1
+    return int(json.loads(sidecar.read_text())["step"])
 
 
 def load_run_config(run_dir: str | Path) -> TrialConfig:

@@ -1,0 +1,232 @@
+"""MLflow bookkeeping for sweeps: one parent run per sweep, one child run per trial.
+
+Everything goes through an explicit ``MlflowClient`` (no global active run), so trial workers in
+other processes log concurrently without sharing state. A trial's child run is found again by
+its tags (sweep parent run id + Tune trial id), so a resumed or retried trial continues its own
+run instead of opening a duplicate; step metrics already in the run are not logged twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+TAG_KIND = "signlock.kind"  # "sweep" on parent runs, "trial" on child runs
+TAG_SWEEP = "signlock.sweep"
+TAG_TRIAL_ID = "signlock.trial_id"
+TAG_ERROR = "signlock.error"
+TAG_PARENT = "mlflow.parentRunId"
+TAG_RUN_NAME = "mlflow.runName"
+PARAM_VALUE_LIMIT = 6000  # MLflow's limit on a param value's length
+BATCH_LIMIT = 1000  # metrics per log_batch call (MLflow allows 1000)
+PACKAGES = ("signlock", "torch", "ray", "mlflow", "optuna", "pandas", "pyarrow", "submitit")
+TRIAL_ARTIFACTS = (
+    "config.json",
+    "summary.json",
+    "metrics.parquet",
+    "flips.parquet",
+    "tensor_stats.parquet",
+)
+
+
+def default_tracking_uri(root: Path) -> str:
+    """The embedded default: a sqlite store beside the sweeps (MLflow 3's own default backend)."""
+    return f"sqlite:///{(root / 'mlflow.db').resolve()}"
+
+
+def default_artifact_root(tracking_uri: str, root: Path) -> str | None:
+    """Artifact location for new experiments in a local store; servers choose their own."""
+    if tracking_uri.startswith(("http://", "https://", "databricks")):
+        return None
+    return (root / "mlartifacts").resolve().as_uri()
+
+
+def flatten_params(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config → ``{"init.a_init": "0.02", …}`` (lists as JSON), clipped to MLflow's limit."""
+    flat: dict[str, str] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_params(value, f"{name}."))
+        else:
+            text = json.dumps(value) if isinstance(value, list | tuple) else str(value)
+            flat[name] = text[:PARAM_VALUE_LIMIT]
+    return flat
+
+
+def finite_metrics(values: Mapping[str, Any]) -> dict[str, float]:
+    """The numeric, finite entries of a row or summary (NaN marks 'not measured this row')."""
+    out: dict[str, float] = {}
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if math.isfinite(value):
+            out[key] = float(value)
+    return out
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[f"version.{name}"] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_commit(source: Path | None = None) -> str | None:
+    """The commit of the signlock checkout, when it is one (editable installs)."""
+    here = source or Path(__file__).resolve().parent
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=False
+        )
+    except OSError:
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def get_or_create_experiment(client: MlflowClient, name: str, artifact_root: str | None) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+    location = f"{artifact_root}/{name}" if artifact_root else None
+    return client.create_experiment(name, artifact_location=location)
+
+
+def _log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> None:
+    items = [Param(key, value) for key, value in params.items()]
+    for start in range(0, len(items), 100):  # MLflow allows 100 params per batch
+        client.log_batch(run_id, params=items[start : start + 100])
+
+
+def create_sweep_run(
+    client: MlflowClient,
+    experiment_id: str,
+    sweep_name: str,
+    params: Mapping[str, str],
+    tags: Mapping[str, str],
+) -> str:
+    """The sweep's parent run (left RUNNING until the sweep finishes)."""
+    all_tags = {TAG_KIND: "sweep", TAG_SWEEP: sweep_name, **package_versions(), **tags}
+    commit = git_commit()
+    if commit:
+        all_tags["signlock.git_commit"] = commit
+    run = client.create_run(experiment_id, run_name=sweep_name, tags=all_tags)
+    _log_params(client, run.info.run_id, params)
+    return run.info.run_id
+
+
+def find_trial_run(
+    client: MlflowClient, experiment_id: str, parent_run_id: str, trial_id: str
+) -> str | None:
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=(
+            f"tags.`{TAG_PARENT}` = '{parent_run_id}' and tags.`{TAG_TRIAL_ID}` = '{trial_id}'"
+        ),
+        max_results=2,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+class TrialRun:
+    """A trial's child run: opened (or re-opened) once per attempt, then fed rows and a summary."""
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        sweep_name: str,
+        trial_id: str,
+    ) -> None:
+        self.client = MlflowClient(tracking_uri)
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.sweep_name = sweep_name
+        self.trial_id = trial_id
+        self.run_id = ""
+        self.last_logged_step = -1
+
+    def open(self, run_name: str, params: Mapping[str, str]) -> str:
+        existing = find_trial_run(
+            self.client, self.experiment_id, self.parent_run_id, self.trial_id
+        )
+        if existing is None:
+            tags = {
+                TAG_PARENT: self.parent_run_id,
+                TAG_KIND: "trial",
+                TAG_SWEEP: self.sweep_name,
+                TAG_TRIAL_ID: self.trial_id,
+            }
+            run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+            self.run_id = run.info.run_id
+            _log_params(self.client, self.run_id, params)
+        else:
+            self.run_id = existing
+            self.client.update_run(self.run_id, status="RUNNING")
+            if TAG_ERROR in self.client.get_run(self.run_id).data.tags:
+                self.client.delete_tag(self.run_id, TAG_ERROR)
+            history = self.client.get_metric_history(self.run_id, "train_loss")
+            self.last_logged_step = max((m.step for m in history), default=-1)
+        return self.run_id
+
+    def log_rows(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Step metrics of rows not yet in the run (a resumed attempt recomputes some rows)."""
+        now = int(time.time() * 1000)
+        metrics: list[Metric] = []
+        for row in rows:
+            step = int(row["step"])
+            if step <= self.last_logged_step:
+                continue
+            values = finite_metrics({k: v for k, v in row.items() if k != "step"})
+            metrics.extend(Metric(key, value, now, step) for key, value in values.items())
+            self.last_logged_step = step
+        for start in range(0, len(metrics), BATCH_LIMIT):
+            self.client.log_batch(self.run_id, metrics=metrics[start : start + BATCH_LIMIT])
+
+    def finish(self, summary: Mapping[str, Any], run_dir: Path) -> None:
+        """Summary metrics at the final step, the run directory's files as artifacts, FINISHED."""
+        step = int(summary.get("steps", 0))
+        now = int(time.time() * 1000)
+        metrics = [Metric(key, value, now, step) for key, value in finite_metrics(summary).items()]
+        self.client.log_batch(self.run_id, metrics=metrics)
+        for name in TRIAL_ARTIFACTS:
+            path = run_dir / name
+            if path.is_file():
+                self.client.log_artifact(self.run_id, str(path))
+        self.client.set_terminated(self.run_id, status="FINISHED")
+
+    def fail(self, reason: str, run_dir: Path | None = None) -> None:
+        """Record why the attempt ended; a retry re-opens the run and clears the tag."""
+        self.client.log_batch(self.run_id, tags=[RunTag(TAG_ERROR, reason[:PARAM_VALUE_LIMIT])])
+        if run_dir is not None:
+            for name in ("config.json", "metrics.parquet", "flips.parquet"):
+                if (run_dir / name).is_file():
+                    self.client.log_artifact(self.run_id, str(run_dir / name))
+        self.client.set_terminated(self.run_id, status="FAILED")
+
+
+def reopen_sweep_run(client: MlflowClient, run_id: str) -> None:
+    client.update_run(run_id, status="RUNNING")
+
+
+def close_sweep_run(client: MlflowClient, run_id: str, n_trials: int, n_errors: int) -> None:
+    """FINISHED when every trial finished, FAILED otherwise (``signlock resume`` reopens it)."""
+    now = int(time.time() * 1000)
+    counts = {"trials_total": n_trials, "trials_errored": n_errors}
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in counts.items()])
+    client.set_terminated(run_id, status="FINISHED" if n_errors == 0 else "FAILED")

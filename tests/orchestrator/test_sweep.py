@@ -1,0 +1,319 @@
+"""Sweeps end to end: the real CLI, a real local Ray runtime, a real MLflow store or server."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.dataset as pads
+import pytest
+from mlflow.tracking import MlflowClient
+
+from signlock.search_spaces.spec import load_spec
+from signlock.trainables.trainer import run_trial
+
+
+def sweep_args(spec: Path, name: str, root: Path, uri: str, *extra: str) -> list[str]:
+    return ["sweep", str(spec), "--name", name, "--storage", str(root), "--tracking-uri", uri,
+            "--quiet", *extra]  # fmt: skip
+
+
+def sweep_runs(uri: str, sweep: str) -> tuple[list, list]:
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("signlock")
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`signlock.sweep` = '{sweep}'"
+    )
+    parents = [r for r in runs if r.data.tags["signlock.kind"] == "sweep"]
+    children = [r for r in runs if r.data.tags["signlock.kind"] == "trial"]
+    return parents, children
+
+
+def flips_dataset(root: Path, sweep: str) -> pd.DataFrame:
+    dataset = pads.dataset(root / sweep / "flips", format="parquet", partitioning="hive")
+    return dataset.to_table().to_pandas()
+
+
+def names_by_trial(root: Path, sweep: str) -> dict[str, str]:
+    runs = root / sweep / "runs"
+    return {d.name: json.loads((d / "config.json").read_text())["name"] for d in runs.iterdir()}
+
+
+def check_sweep_outputs(uri: str, root: Path, sweep: str, n_trials: int) -> list:
+    parents, children = sweep_runs(uri, sweep)
+    assert len(parents) == 1 and len(children) == n_trials
+    assert parents[0].info.status == "FINISHED"
+    client = MlflowClient(uri)
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert child.info.status == "FINISHED"
+        assert {"init.a_init", "seed", "regularizer.lam"} <= set(child.data.params)
+        assert {"train_loss", "val_ppl", "flip_mean", "h_hat", "g_hat"} <= set(child.data.metrics)
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"flips.parquet", "metrics.parquet", "summary.json"} <= artifacts
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "train_loss")]
+        assert steps == sorted(set(steps)), "a step was logged twice"
+    flips = flips_dataset(root, sweep)
+    trial_ids = {c.data.tags["signlock.trial_id"] for c in children}
+    assert set(flips["trial"]) == trial_ids
+    pooled = flips[flips["tensor"] == "__pooled__"].groupby("trial")["count"].sum()
+    assert pooled.nunique() == 1 and pooled.iloc[0] > 10_000  # every trial tracks the same model
+    return children
+
+
+def test_local_sweep_logs_parent_and_child_runs_and_parquet(
+    cli, write_spec, sweep_root, tracking_uri, tiny_spec
+):
+    spec = write_spec(tiny_spec())
+    result = cli(*sweep_args(spec, "local", sweep_root, tracking_uri))
+    assert result.returncode == 0, result.stderr[-3000:]
+    check_sweep_outputs(tracking_uri, sweep_root, "local", 4)
+    trials = pd.read_csv(sweep_root / "local" / "trials.csv")
+    assert (trials["status"] == "TERMINATED").all() and len(trials) == 4
+
+    summaries = pads.dataset(sweep_root / "local" / "summaries", partitioning="hive").to_table()
+    summaries = summaries.to_pandas()
+    expected = summaries[summaries["init.a_init"].astype(float) > 0.01]
+    query = cli(
+        "query", "--tracking-uri", tracking_uri, "--format", "json",
+        "--filter", "params.a_init > 0.01 and metrics.val_ppl < 1e6",
+    )  # fmt: skip
+    assert query.returncode == 0, query.stderr
+    rows = json.loads(query.stdout)
+    assert len(rows) == 2
+    assert sorted(r["metrics.val_ppl"] for r in rows) == pytest.approx(sorted(expected["val_ppl"]))
+    none = cli("query", "--tracking-uri", tracking_uri, "--filter", "metrics.val_ppl < 0")
+    assert none.returncode == 0 and "(no runs)" in none.stdout
+    bad = cli("query", "--tracking-uri", tracking_uri, "--filter", "params.nope > 1")
+    assert bad.returncode == 2 and "--filter" in bad.stderr
+
+    status = cli("status", "local", "--storage", str(sweep_root))
+    assert status.returncode == 0, status.stderr
+    assert "terminated 4" in status.stdout and "best so far" in status.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_health(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"MLflow server at {url} did not come up")
+
+
+def test_sweep_logs_to_a_real_mlflow_server_over_http(
+    tmp_path, cli, write_spec, sweep_root, tiny_spec, signlock_command
+):
+    port = free_port()
+    server = subprocess.Popen(
+        [*signlock_command, "server", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts")],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_health(uri, server)
+        result = cli(*sweep_args(write_spec(tiny_spec()), "http", sweep_root, uri))
+        assert result.returncode == 0, result.stderr[-3000:]
+        children = check_sweep_outputs(uri, sweep_root, "http", 4)
+        child = children[0]
+        local = MlflowClient(uri).download_artifacts(child.info.run_id, "flips.parquet", tmp_path)
+        run_dir = sweep_root / "http" / "runs" / child.data.tags["signlock.trial_id"]
+        assert pd.read_parquet(local).equals(pd.read_parquet(run_dir / "flips.parquet"))
+        assert list((tmp_path / "server-artifacts").rglob("flips.parquet"))  # stored by the server
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def wait_until(predicate, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert process.poll() is None, "the sweep ended before the condition was reached"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def checkpoint_steps(sweep_dir: Path) -> dict[str, int]:
+    steps = {}
+    for sidecar in sweep_dir.glob("runs/*/checkpoints/latest.json"):
+        steps[sidecar.parents[1].name] = json.loads(sidecar.read_text())["step"]
+    return steps
+
+
+def tune_terminated(sweep_dir: Path) -> set[str]:
+    """Trials Tune's persisted experiment state records as TERMINATED."""
+    states = sorted(sweep_dir.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    if not states:
+        return set()
+    trial_data = json.loads(states[-1].read_text())["trial_data"]
+    public = [json.loads(item[0]) for item in trial_data]
+    return {t["trial_id"] for t in public if t["status"] == "TERMINATED"}
+
+
+def finished_trials(sweep_dir: Path) -> set[str]:
+    return {p.name.removeprefix("trial=") for p in sweep_dir.glob("summaries/trial=*")}
+
+
+def test_sigkill_driver_then_resume_finishes_every_trial_exactly_once(
+    tmp_path, cli, write_spec, sweep_root, tracking_uri, tiny_spec, signlock_command
+):
+    spec_dict = tiny_spec(set={**tiny_spec()["set"], "steps": 160})
+    spec = write_spec(spec_dict)
+    sweep_dir = sweep_root / "killed"
+    args = sweep_args(spec, "killed", sweep_root, tracking_uri, "--max-concurrent", "2")
+    driver = subprocess.Popen(
+        [*signlock_command, *args],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def one_done_one_midway() -> bool:
+        done = finished_trials(sweep_dir)
+        midway = [t for t, s in checkpoint_steps(sweep_dir).items() if t not in done and s >= 40]
+        return len(done) >= 1 and len(midway) >= 1
+
+    wait_until(one_done_one_midway, driver)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    done_before = finished_trials(sweep_dir)
+    recorded_done = tune_terminated(sweep_dir)
+    assert len(done_before) < 4
+
+    resumed = cli("resume", "killed", "--storage", str(sweep_root), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    trials = pd.read_csv(sweep_dir / "trials.csv")
+    assert len(trials) == 4 and (trials["status"] == "TERMINATED").all()
+    for trial_id in done_before:
+        attempts = [json.loads(x) for x in (sweep_dir / "runs" / trial_id / "attempts.jsonl")
+                    .read_text().splitlines()]  # fmt: skip
+        # Recorded as finished by Tune before the kill: never started again. Finished but not yet
+        # recorded (Tune saves its state periodically): restarted, but from its final step.
+        assert len(attempts) == 1 if trial_id in recorded_done else attempts[-1]["from_step"] == 160
+    resumed_from = [
+        json.loads(line)["from_step"]
+        for path in sweep_dir.glob("runs/*/attempts.jsonl")
+        for line in path.read_text().splitlines()[1:]
+    ]
+    assert any(step >= 40 for step in resumed_from), "no trial resumed from a checkpoint"
+    children = check_sweep_outputs(tracking_uri, sweep_root, "killed", 4)
+    assert len({c.data.tags["signlock.trial_id"] for c in children}) == 4
+
+    reference = cli(*sweep_args(spec, "reference", sweep_root, tracking_uri))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    killed_names = names_by_trial(sweep_root, "killed")
+    reference_ids = {name: tid for tid, name in names_by_trial(sweep_root, "reference").items()}
+    for trial_id, name in killed_names.items():
+        ours = pd.read_parquet(sweep_dir / "runs" / trial_id / "flips.parquet")
+        theirs_dir = sweep_root / "reference" / "runs" / reference_ids[name]
+        pd.testing.assert_frame_equal(ours, pd.read_parquet(theirs_dir / "flips.parquet"))
+        ours_summary = json.loads((sweep_dir / "runs" / trial_id / "summary.json").read_text())
+        theirs_summary = json.loads((theirs_dir / "summary.json").read_text())
+        for key in ("val_loss", "flip_mean", "h_hat", "g_hat", "final_train_loss"):
+            assert ours_summary[key] == theirs_summary[key], key
+
+
+def test_crashed_trial_is_retried_and_nan_trial_errors_while_the_rest_complete(
+    tmp_path, cli, write_spec, sweep_root, tracking_uri, tiny_spec
+):
+    spec_path = write_spec(tiny_spec())
+    spec = load_spec(str(spec_path))
+    names = [overrides["name"] for overrides in spec.grid_overrides()]
+    crash, diverge = names[0], names[1]
+    result = cli(
+        *sweep_args(spec_path, "faults", sweep_root, tracking_uri),
+        "--inject-fault", f"{crash}:30:raise", "--inject-fault", f"{diverge}:20:nan",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-3000:]
+    trials = pd.read_csv(sweep_root / "faults" / "trials.csv").set_index("name")
+    assert trials.loc[diverge, "status"] == "ERROR"
+    assert (trials.drop(index=diverge)["status"] == "TERMINATED").all()
+
+    parents, children = sweep_runs(tracking_uri, "faults")
+    assert len(children) == 4 and parents[0].info.status == "FAILED"
+    by_name = {c.info.run_name: c for c in children}
+    assert by_name[diverge].info.status == "FAILED"
+    assert "TrainingDivergedError" in by_name[diverge].data.tags["signlock.error"]
+    assert by_name[crash].info.status == "FINISHED"
+    assert "signlock.error" not in by_name[crash].data.tags
+
+    crash_dir = sweep_root / "faults" / "runs" / by_name[crash].data.tags["signlock.trial_id"]
+    attempts = [json.loads(x) for x in (crash_dir / "attempts.jsonl").read_text().splitlines()]
+    assert [a["from_step"] for a in attempts] == [0, 20]  # retried from its step-20 checkpoint
+    reference = run_trial(spec.trial_config(spec.grid_overrides()[0]), tmp_path / "ref",
+                          progress=False)  # fmt: skip
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(crash_dir / "flips.parquet"),
+        pd.read_parquet(tmp_path / "ref" / "flips.parquet"),
+    )
+    assert json.loads((crash_dir / "summary.json").read_text())["val_loss"] == reference["val_loss"]
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"axes": {"init.a_init": {"grid": []}}}, "axes"),
+        ({"axes": {"init.nope": {"grid": [1]}}}, "init.nope"),
+        ({"axes": {"regularizer.lam": {"loguniform": [0.5, 0.1]}}}, "regularizer.lam"),
+        ({"seeds": "zero"}, "seeds"),
+        ({"colour": "blue"}, "colour"),
+    ],
+)
+def test_invalid_specs_fail_before_ray_starts(
+    tmp_path, cli, write_spec, sweep_root, tracking_uri, tiny_spec, change, field
+):
+    result = cli(*sweep_args(write_spec(tiny_spec(**change)), "bad", sweep_root, tracking_uri))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("signlock: error:") and field in lines[0]
+    assert not sweep_root.exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_optuna_multi_objective_search_reports_a_pareto_set(
+    cli, write_spec, sweep_root, tracking_uri, tiny_spec
+):
+    spec = tiny_spec(
+        axes={
+            "init.a_init": {"loguniform": [0.001, 0.03]},
+            "regularizer.lam": {"loguniform": [1e-4, 0.5]},
+        },
+        seeds=[0],
+        search="optuna",
+        budget=4,
+    )
+    spec["set"]["init.template_rank"] = 2
+    result = cli(*sweep_args(write_spec(spec), "nsga", sweep_root, tracking_uri))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Pareto set" in result.stdout
+    pareto = pd.read_csv(sweep_root / "nsga" / "pareto.csv")
+    trials = pd.read_csv(sweep_root / "nsga" / "trials.csv")
+    assert len(trials) == 4 and 1 <= len(pareto) <= 4
+    sampled = trials["config.init.a_init"]
+    assert sampled.between(0.001, 0.03).all() and sampled.nunique() == 4
+    _, children = sweep_runs(tracking_uri, "nsga")
+    assert len(children) == 4
+
+
+def test_plan_prints_trial_count_without_running(cli, write_spec, sweep_root, tiny_spec):
+    result = cli("plan", str(write_spec(tiny_spec())))
+    assert result.returncode == 0, result.stderr
+    assert "4" in result.stdout
+    assert not sweep_root.exists()
