@@ -125,7 +125,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         faults=tuple(FaultInjection.parse(text) for text in args.inject_fault),
     )
     table = launch_sweep(spec, options, name=args.name)
-    print_results(table, spec.search, options.storage / (args.name or spec.name))
+    print_results(table, options.storage / (args.name or spec.name))
     return 1 if (table["status"] == "ERROR").any() else 0
 
 
@@ -140,7 +140,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         restart_errored=args.restart_errored,
         resume_errored=not args.skip_errored,
     )
-    print_results(table, "", sweep_dir)
+    print_results(table, sweep_dir)
     return 1 if (table["status"] == "ERROR").any() else 0
 
 
@@ -154,6 +154,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from signlock.orchestrator.query import FORMATS, search_runs, write_runs
 
     if args.format not in FORMATS:
@@ -166,7 +168,8 @@ def cmd_query(args: argparse.Namespace) -> int:
         include_sweeps=args.include_sweeps,
     )
     if args.sweep:
-        runs = runs[runs.get("tags.signlock.sweep") == args.sweep]
+        sweeps = runs.get("tags.signlock.sweep", pd.Series(index=runs.index, dtype="string"))
+        runs = runs[sweeps == args.sweep]
     output = Path(args.output) if args.output else None
     print(write_runs(runs, args.format, output, args.all_columns))
     return 0

@@ -155,7 +155,9 @@ def _run_config(name: str, storage: Path, options: SweepOptions, n_trials: int, 
     )
 
 
-def _init_ray(options: SweepOptions, num_cpus: int | None = None) -> None:
+def _init_ray(options: SweepOptions) -> None:
+    """Connect to ``--address`` or start a local Ray using every core of this machine; Ray sets
+    each trial's OMP_NUM_THREADS (torch's thread count) to its ``cpus_per_trial``."""
     import ray
 
     if ray.is_initialized():
@@ -163,7 +165,6 @@ def _init_ray(options: SweepOptions, num_cpus: int | None = None) -> None:
     env_vars = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIX)}
     ray.init(
         address=options.address,
-        num_cpus=num_cpus if options.address is None else None,
         include_dashboard=False,
         log_to_driver=options.verbose,
         runtime_env={"env_vars": env_vars} if env_vars else None,
@@ -186,11 +187,19 @@ def sweep_dir_for(name_or_path: str, storage: Path) -> Path:
 
 
 def _absolute_paths(spec: SweepSpec) -> SweepSpec:
-    """Trials run in other working directories: make the base data path absolute."""
-    if spec.base.data.path is None:
-        return spec
-    absolute = str(Path(spec.base.data.path).expanduser().resolve())
-    return replace(spec, base=spec.base.with_overrides({"data.path": absolute}))
+    """Trials run in other working directories: make data paths absolute."""
+
+    def absolute(path: str) -> str:
+        return str(Path(path).expanduser().resolve())
+
+    if spec.base.data.path is not None:
+        spec = replace(
+            spec, base=spec.base.with_overrides({"data.path": absolute(spec.base.data.path)})
+        )
+    if spec.base_overrides.get("data.path"):
+        overrides = {**spec.base_overrides, "data.path": absolute(spec.base_overrides["data.path"])}
+        spec = replace(spec, base_overrides=overrides)
+    return spec
 
 
 def _sweep_params(spec: SweepSpec, n_trials: int) -> dict[str, str]:
@@ -307,7 +316,7 @@ def _fit(
 
     resources = record["resources"]
     trainable = _trainable(context, resources)
-    _init_ray(options, num_cpus=None)
+    _init_ray(options)
     steps = spec.base.steps
     if restore is None:
         tuner = tune.Tuner(
@@ -319,6 +328,7 @@ def _fit(
                 search_alg=_searcher(spec, seed=spec.seeds[0]),
                 trial_name_creator=trial_name,
                 trial_dirname_creator=trial_dirname,
+                reuse_actors=True,
             ),
             run_config=_run_config(
                 context.sweep_name, options.storage, options, record["n_trials"], steps
@@ -384,10 +394,10 @@ def format_table(table: pd.DataFrame, columns: Sequence[str] | None = None) -> s
     return table[shown].to_string(index=False) if len(table) else "(no trials)"
 
 
-def print_results(table: pd.DataFrame, spec_search: str, sweep_dir: Path) -> None:
+def print_results(table: pd.DataFrame, sweep_dir: Path) -> None:
     print(format_table(table))
     pareto_path = sweep_dir / "pareto.csv"
-    if spec_search == "optuna" and pareto_path.exists():
-        print("\nPareto set (validation metric vs flip_mean):")
+    if pareto_path.exists():
+        print("\nPareto set (validation metric vs flip_mean, both minimised):")
         print(format_table(pd.read_csv(pareto_path)))
     print(f"\nsweep directory: {sweep_dir}", file=sys.stderr)

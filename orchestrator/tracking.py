@@ -44,9 +44,12 @@ def default_tracking_uri(root: Path) -> str:
 
 
 def default_artifact_root(tracking_uri: str, root: Path) -> str | None:
-    """Artifact location for new experiments in a local store; servers choose their own."""
+    """Artifact location for new experiments in a local store: ``mlartifacts`` beside a sqlite
+    file, else under ``root``. Tracking servers choose their own (None)."""
     if tracking_uri.startswith(("http://", "https://", "databricks")):
         return None
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
     return (root / "mlartifacts").resolve().as_uri()
 
 

@@ -151,6 +151,16 @@ def wait_until(predicate, process: subprocess.Popen, timeout: float = 300) -> No
         time.sleep(0.2)
 
 
+def wait_for_ray_to_exit(timeout: float = 60) -> None:
+    """The raylet and the trial workers (Tune's ``ImplicitFunc`` actors) of the killed driver
+    are gone. (Ray's dashboard and runtime-env agents linger for a minute but write nothing.)"""
+    deadline = time.monotonic() + timeout
+    pattern = "raylet|ray::ImplicitFunc"
+    while subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline, "Ray processes outlived the killed driver"
+        time.sleep(0.5)
+
+
 def checkpoint_steps(sweep_dir: Path) -> dict[str, int]:
     steps = {}
     for sidecar in sweep_dir.glob("runs/*/checkpoints/latest.json"):
@@ -194,6 +204,7 @@ def test_sigkill_driver_then_resume_finishes_every_trial_exactly_once(
     wait_until(one_done_one_midway, driver)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
+    wait_for_ray_to_exit()  # the dead driver's trial workers must not write on after it
     done_before = finished_trials(sweep_dir)
     recorded_done = tune_terminated(sweep_dir)
     assert len(done_before) < 4
