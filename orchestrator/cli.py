@@ -109,6 +109,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exit_status(table: Any) -> int:
+    """0: every trial finished; 1: some errored; 130: interrupted (resume to continue)."""
+    if len(table) and not table["status"].isin(["TERMINATED", "ERROR"]).all():
+        return 130
+    return 1 if (table["status"] == "ERROR").any() else 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from signlock.orchestrator.sweep import launch_sweep, print_results, with_search
     from signlock.orchestrator.trainable import FaultInjection
@@ -126,7 +133,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     )
     table = launch_sweep(spec, options, name=args.name)
     print_results(table, options.storage / (args.name or spec.name))
-    return 1 if (table["status"] == "ERROR").any() else 0
+    return _exit_status(table)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -141,7 +148,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         resume_errored=not args.skip_errored,
     )
     print_results(table, sweep_dir)
-    return 1 if (table["status"] == "ERROR").any() else 0
+    return _exit_status(table)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

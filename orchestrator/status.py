@@ -38,7 +38,9 @@ class SweepStatus:
 
 
 def _latest_state_file(sweep_dir: Path) -> Path:
-    files = sorted(sweep_dir.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    """The newest by the start time in its name (each restore starts a new file; Tune may touch
+    older ones afterwards, so modification times do not tell)."""
+    files = sorted(sweep_dir.glob("experiment_state-*.json"))
     if not files:
         raise ConfigError("sweep", str(sweep_dir), "a sweep directory Ray Tune has started")
     return files[-1]

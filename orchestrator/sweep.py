@@ -28,6 +28,7 @@ from typing import Any
 import pandas as pd
 
 from signlock.orchestrator import tracking
+from signlock.orchestrator.status import sweep_status
 from signlock.orchestrator.trainable import FaultInjection, SweepContext, signlock_trainable
 from signlock.search_spaces.spec import SweepSpec
 from signlock.trainables.errors import ConfigError
@@ -349,7 +350,7 @@ def _result_row(result: Any) -> dict[str, Any]:
     metrics = result.metrics or {}
     overrides = (result.config or {}).get("overrides", {})
     row: dict[str, Any] = {
-        "trial_id": metrics.get("trial_id") or Path(result.path).name,
+        "trial_id": metrics.get("trial_id") or Path(result.path).name.removeprefix("tune_"),
         "name": overrides.get("name", ""),
         "status": "ERROR" if result.error is not None else "TERMINATED",
         "step": metrics.get("step"),
@@ -366,6 +367,9 @@ def finalize_sweep(spec: SweepSpec, context: SweepContext, results: Any) -> pd.D
     """Write trials.csv / pareto.csv, attach them to the parent run and close it."""
     table = pd.DataFrame([_result_row(result) for result in results])
     sweep_dir = Path(context.sweep_dir)
+    if len(table):  # Tune's own record: trials stopped by Ctrl-C are neither done nor errored
+        states = sweep_status(sweep_dir).trials.set_index("trial_id")["status"]
+        table["status"] = table["trial_id"].map(states).fillna(table["status"])
     table.to_csv(sweep_dir / "trials.csv", index=False)
     client = tracking.MlflowClient(context.tracking_uri)
     client.log_artifact(context.parent_run_id, str(sweep_dir / "trials.csv"))
@@ -373,8 +377,10 @@ def finalize_sweep(spec: SweepSpec, context: SweepContext, results: Any) -> pd.D
     if pareto is not None:
         pareto.to_csv(sweep_dir / "pareto.csv", index=False)
         client.log_artifact(context.parent_run_id, str(sweep_dir / "pareto.csv"))
-    n_errors = int((table["status"] == "ERROR").sum()) if len(table) else 0
-    tracking.close_sweep_run(client, context.parent_run_id, len(table), n_errors)
+    counts = table["status"].value_counts() if len(table) else pd.Series(dtype=int)
+    n_errors = int(counts.get("ERROR", 0))
+    n_unfinished = len(table) - n_errors - int(counts.get("TERMINATED", 0))
+    tracking.close_sweep_run(client, context.parent_run_id, len(table), n_errors, n_unfinished)
     return table
 
 
@@ -396,6 +402,13 @@ def format_table(table: pd.DataFrame, columns: Sequence[str] | None = None) -> s
 
 def print_results(table: pd.DataFrame, sweep_dir: Path) -> None:
     print(format_table(table))
+    unfinished = table[~table["status"].isin(["TERMINATED", "ERROR"])] if len(table) else table
+    if len(unfinished):
+        print(
+            f"\n{len(unfinished)} trials did not finish; continue with "
+            f"`signlock resume {sweep_dir}`",
+            file=sys.stderr,
+        )
     pareto_path = sweep_dir / "pareto.csv"
     if pareto_path.exists():
         print("\nPareto set (validation metric vs flip_mean, both minimised):")

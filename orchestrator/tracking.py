@@ -227,9 +227,17 @@ def reopen_sweep_run(client: MlflowClient, run_id: str) -> None:
     client.update_run(run_id, status="RUNNING")
 
 
-def close_sweep_run(client: MlflowClient, run_id: str, n_trials: int, n_errors: int) -> None:
-    """FINISHED when every trial finished, FAILED otherwise (``signlock resume`` reopens it)."""
+def close_sweep_run(
+    client: MlflowClient, run_id: str, n_trials: int, n_errors: int, n_unfinished: int = 0
+) -> None:
+    """FINISHED when every trial finished, KILLED when some were interrupted (Ctrl-C), FAILED
+    when some errored; ``signlock resume`` reopens it."""
     now = int(time.time() * 1000)
-    counts = {"trials_total": n_trials, "trials_errored": n_errors}
+    counts = {
+        "trials_total": n_trials,
+        "trials_errored": n_errors,
+        "trials_unfinished": n_unfinished,
+    }
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in counts.items()])
-    client.set_terminated(run_id, status="FINISHED" if n_errors == 0 else "FAILED")
+    status = "KILLED" if n_unfinished else "FAILED" if n_errors else "FINISHED"
+    client.set_terminated(run_id, status=status)

@@ -170,7 +170,7 @@ def checkpoint_steps(sweep_dir: Path) -> dict[str, int]:
 
 def tune_terminated(sweep_dir: Path) -> set[str]:
     """Trials Tune's persisted experiment state records as TERMINATED."""
-    states = sorted(sweep_dir.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    states = sorted(sweep_dir.glob("experiment_state-*.json"))  # newest start time last
     if not states:
         return set()
     trial_data = json.loads(states[-1].read_text())["trial_data"]
@@ -240,6 +240,29 @@ def test_sigkill_driver_then_resume_finishes_every_trial_exactly_once(
         theirs_summary = json.loads((theirs_dir / "summary.json").read_text())
         for key in ("val_loss", "flip_mean", "h_hat", "g_hat", "final_train_loss"):
             assert ours_summary[key] == theirs_summary[key], key
+
+
+def test_ctrl_c_stops_the_sweep_cleanly_and_resume_finishes_it(
+    tmp_path, cli, write_spec, sweep_root, tracking_uri, tiny_spec, signlock_command
+):
+    spec = write_spec(tiny_spec(set={**tiny_spec()["set"], "steps": 160}))
+    sweep_dir = sweep_root / "interrupted"
+    args = sweep_args(spec, "interrupted", sweep_root, tracking_uri, "--max-concurrent", "2")
+    driver = subprocess.Popen(
+        [*signlock_command, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    wait_until(lambda: any(s >= 40 for s in checkpoint_steps(sweep_dir).values()), driver)
+    driver.send_signal(signal.SIGINT)
+    _, stderr = driver.communicate(timeout=120)
+    assert driver.returncode == 130, stderr.decode()[-3000:]
+    assert "signlock resume" in stderr.decode()
+    parents, _ = sweep_runs(tracking_uri, "interrupted")
+    assert parents[0].info.status == "KILLED"
+
+    resumed = cli("resume", str(sweep_dir), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (pd.read_csv(sweep_dir / "trials.csv")["status"] == "TERMINATED").all()
+    check_sweep_outputs(tracking_uri, sweep_root, "interrupted", 4)
 
 
 def test_crashed_trial_is_retried_and_nan_trial_errors_while_the_rest_complete(
