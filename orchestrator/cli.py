@@ -76,9 +76,11 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def _tracking_uri(args: argparse.Namespace) -> str:
-    from signlock.orchestrator.tracking import default_tracking_uri
+    from signlock.orchestrator.tracking import absolute_tracking_uri, default_tracking_uri
 
-    return args.tracking_uri or default_tracking_uri(DEFAULT_RUNS_DIR)
+    if args.tracking_uri:
+        return absolute_tracking_uri(args.tracking_uri)
+    return default_tracking_uri(DEFAULT_RUNS_DIR)
 
 
 def _sweep_options(args: argparse.Namespace, **extra: Any) -> Any:

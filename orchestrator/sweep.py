@@ -4,9 +4,9 @@ A sweep lives in ``<storage>/<name>/``: Ray Tune's experiment directory (its own
 checkpoints), plus signlock's files beside them::
 
     signlock-sweep.json   the spec and everything needed to resume (plain JSON)
-    runs/<trial_id>/      each trial's run directory
-    flips/trial=<id>/     sweep-level K histograms (read with pyarrow.dataset, hive partitioning)
-    summaries/trial=<id>/ one row per finished trial: flattened config (strings) + summary
+    runs/<trial>/         each trial's run directory (<trial>: the trial's name)
+    flips/trial=<trial>/  sweep-level K histograms (read with pyarrow.dataset, hive partitioning)
+    summaries/trial=<trial>/  one row per finished trial: flattened config (strings) + summary
     trials.csv            the final table of trials (also an artifact of the MLflow parent run)
     pareto.csv            the non-dominated trials in (validation metric, flip_mean)
 
@@ -367,11 +367,13 @@ def finalize_sweep(spec: SweepSpec, context: SweepContext, results: Any) -> pd.D
     """Write trials.csv / pareto.csv, attach them to the parent run and close it."""
     table = pd.DataFrame([_result_row(result) for result in results])
     sweep_dir = Path(context.sweep_dir)
+    client = tracking.MlflowClient(context.tracking_uri)
     if len(table):  # Tune's own record: trials stopped by Ctrl-C are neither done nor errored
         states = sweep_status(sweep_dir).trials.set_index("trial_id")["status"]
         table["status"] = table["trial_id"].map(states).fillna(table["status"])
+        names = tracking.trial_names(client, context.experiment_id, context.parent_run_id)
+        table["name"] = table["trial_id"].map(names).fillna(table["name"])
     table.to_csv(sweep_dir / "trials.csv", index=False)
-    client = tracking.MlflowClient(context.tracking_uri)
     client.log_artifact(context.parent_run_id, str(sweep_dir / "trials.csv"))
     pareto = _pareto(spec, table)
     if pareto is not None:

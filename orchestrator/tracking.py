@@ -3,7 +3,9 @@
 Everything goes through an explicit ``MlflowClient`` (no global active run), so trial workers in
 other processes log concurrently without sharing state. A trial's child run is found again by
 its tags (sweep parent run id + Tune trial id), so a resumed or retried trial continues its own
-run instead of opening a duplicate; step metrics already in the run are not logged twice.
+run instead of opening a duplicate — by the trial's name, which survives even
+``restart_errored`` (Tune gives the restarted trial a new id); step metrics already in the run
+are not logged twice.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from mlflow.tracking import MlflowClient
 
 TAG_KIND = "signlock.kind"  # "sweep" on parent runs, "trial" on child runs
 TAG_SWEEP = "signlock.sweep"
-TAG_TRIAL_ID = "signlock.trial_id"
+TAG_TRIAL = "signlock.trial"  # the trial's stable name: its run directory and its child run
+TAG_TRIAL_ID = "signlock.trial_id"  # Ray Tune's id of the latest attempt (restarts get new ids)
 TAG_ERROR = "signlock.error"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
@@ -41,6 +44,17 @@ TRIAL_ARTIFACTS = (
 def default_tracking_uri(root: Path) -> str:
     """The embedded default: a sqlite store beside the sweeps (MLflow 3's own default backend)."""
     return f"sqlite:///{(root / 'mlflow.db').resolve()}"
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """Local stores with absolute paths: trial workers run in other working directories."""
+    if uri.startswith("sqlite:///"):
+        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).expanduser().resolve()}"
+    if uri.startswith("file:"):
+        return Path(uri.removeprefix("file://").removeprefix("file:")).resolve().as_uri()
+    if "://" not in uri:  # a bare path is MLflow's file store
+        return Path(uri).expanduser().resolve().as_uri()
+    return uri
 
 
 def default_artifact_root(tracking_uri: str, root: Path) -> str | None:
@@ -133,16 +147,26 @@ def create_sweep_run(
 
 
 def find_trial_run(
-    client: MlflowClient, experiment_id: str, parent_run_id: str, trial_id: str
+    client: MlflowClient, experiment_id: str, parent_run_id: str, trial: str
 ) -> str | None:
     runs = client.search_runs(
         [experiment_id],
-        filter_string=(
-            f"tags.`{TAG_PARENT}` = '{parent_run_id}' and tags.`{TAG_TRIAL_ID}` = '{trial_id}'"
-        ),
+        filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}' and tags.`{TAG_TRIAL}` = '{trial}'",
         max_results=2,
     )
     return runs[0].info.run_id if runs else None
+
+
+def trial_names(client: MlflowClient, experiment_id: str, parent_run_id: str) -> dict[str, str]:
+    """Tune trial id of each child run's latest attempt → the trial's name."""
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'", max_results=50000
+    )
+    return {
+        r.data.tags[TAG_TRIAL_ID]: r.data.tags[TAG_TRIAL]
+        for r in runs
+        if TAG_TRIAL_ID in r.data.tags and TAG_TRIAL in r.data.tags
+    }
 
 
 class TrialRun:
@@ -154,33 +178,35 @@ class TrialRun:
         experiment_id: str,
         parent_run_id: str,
         sweep_name: str,
+        trial: str,
         trial_id: str,
     ) -> None:
         self.client = MlflowClient(tracking_uri)
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.sweep_name = sweep_name
+        self.trial = trial
         self.trial_id = trial_id
         self.run_id = ""
         self.last_logged_step = -1
 
-    def open(self, run_name: str, params: Mapping[str, str]) -> str:
-        existing = find_trial_run(
-            self.client, self.experiment_id, self.parent_run_id, self.trial_id
-        )
+    def open(self, params: Mapping[str, str]) -> str:
+        existing = find_trial_run(self.client, self.experiment_id, self.parent_run_id, self.trial)
         if existing is None:
             tags = {
                 TAG_PARENT: self.parent_run_id,
                 TAG_KIND: "trial",
                 TAG_SWEEP: self.sweep_name,
+                TAG_TRIAL: self.trial,
                 TAG_TRIAL_ID: self.trial_id,
             }
-            run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+            run = self.client.create_run(self.experiment_id, run_name=self.trial, tags=tags)
             self.run_id = run.info.run_id
             _log_params(self.client, self.run_id, params)
         else:
             self.run_id = existing
             self.client.update_run(self.run_id, status="RUNNING")
+            self.client.set_tag(self.run_id, TAG_TRIAL_ID, self.trial_id)
             if TAG_ERROR in self.client.get_run(self.run_id).data.tags:
                 self.client.delete_tag(self.run_id, TAG_ERROR)
             history = self.client.get_metric_history(self.run_id, "train_loss")

@@ -3,10 +3,14 @@
 Per trial, under the sweep directory (assumed shared by all workers: a laptop, or a cluster
 with a shared filesystem such as SLURM home/scratch)::
 
-    runs/<trial_id>/              the trial's run directory (see signlock.trainables.trainer)
-    runs/<trial_id>/attempts.jsonl  one line per start: attempt number, step it resumed from
-    flips/trial=<trial_id>/part-0.parquet      K histogram, written when the trial finishes
-    summaries/trial=<trial_id>/part-0.parquet  flattened config + summary, one row
+    runs/<trial>/                 the trial's run directory (see signlock.trainables.trainer)
+    runs/<trial>/attempts.jsonl   one line per start: attempt number, step it resumed from
+    flips/trial=<trial>/part-0.parquet      K histogram, written when the trial finishes
+    summaries/trial=<trial>/part-0.parquet  flattened config + summary, one row
+
+``<trial>`` is the trial's name: the grid point's (``my-sweep-0003``), or for sampled trials the
+spec name plus a hash of the sampled values. Unlike Tune's trial id it survives
+``restart_errored``, so a restarted trial keeps its run directory and its MLflow run.
 
 Checkpoints: the trial writes ``checkpoints/latest.pt`` every ``checkpoint_every`` steps and the
 same file is reported to Tune, so ``FailureConfig(max_failures)`` and ``Tuner.restore`` can resume
@@ -17,6 +21,7 @@ over none (a first start, or ``restart_errored``) the trial starts from scratch.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import shutil
@@ -99,8 +104,8 @@ def resolve_trial_config(context: SweepContext, config: dict[str, Any]) -> Trial
     point = config.get("overrides") or spec.grid_overrides()[0]
     cfg = spec.trial_config(spec.merge(point, sampled))
     if not context.unique_names:
-        index = tune.get_context().get_trial_id().rsplit("_", 1)[-1]
-        cfg = cfg.with_overrides({"name": f"{cfg.name}-{index}"})
+        encoded = json.dumps(config, sort_keys=True, default=str).encode()
+        cfg = cfg.with_overrides({"name": f"{cfg.name}-{hashlib.sha1(encoded).hexdigest()[:8]}"})
     return cfg
 
 
@@ -140,9 +145,9 @@ def _record_attempt(run_dir: Path, from_step: int) -> float:
     return started
 
 
-def _write_partition(sweep_dir: Path, dataset: str, trial_id: str, table: pd.DataFrame) -> None:
-    """Hive-partitioned ``<dataset>/trial=<id>/part-0.parquet``, replaced atomically."""
-    directory = sweep_dir / dataset / f"trial={trial_id}"
+def _write_partition(sweep_dir: Path, dataset: str, trial: str, table: pd.DataFrame) -> None:
+    """Hive-partitioned ``<dataset>/trial=<name>/part-0.parquet``, replaced atomically."""
+    directory = sweep_dir / dataset / f"trial={trial}"
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / "part-0.parquet.tmp"
     table.to_parquet(tmp, index=False)
@@ -188,7 +193,7 @@ def signlock_trainable(config: dict[str, Any], context: SweepContext) -> None:
     trial_id = tune.get_context().get_trial_id()
     cfg = resolve_trial_config(context, config)
     sweep_dir = Path(context.sweep_dir)
-    run_dir = sweep_dir / "runs" / trial_id
+    run_dir = sweep_dir / "runs" / cfg.name
     run_dir.mkdir(parents=True, exist_ok=True)
     start_step = _adopt_checkpoint(run_dir)
     started = _record_attempt(run_dir, max(start_step, 0))
@@ -197,9 +202,10 @@ def signlock_trainable(config: dict[str, Any], context: SweepContext) -> None:
         context.experiment_id,
         context.parent_run_id,
         context.sweep_name,
+        cfg.name,
         trial_id,
     )
-    mlflow_run.open(cfg.name, {**flatten_params(cfg.to_dict()), "trial_id": trial_id})
+    mlflow_run.open(flatten_params(cfg.to_dict()))
     faults = [f for f in context.faults if f.trial_name == cfg.name]
     try:
         _check_diverged(run_dir)
@@ -230,15 +236,15 @@ def signlock_trainable(config: dict[str, Any], context: SweepContext) -> None:
         raise
     mlflow_run.finish(summary, run_dir)
     timing = {"attempt_started_at": started, "finished_at": time.time()}
-    _write_sweep_tables(sweep_dir, trial_id, cfg, {**summary, **timing}, run_dir)
+    _write_sweep_tables(sweep_dir, cfg, {**summary, **timing}, run_dir)
     tune.report({**finite_metrics(summary), "step": summary["steps"], "finished": 1.0})
 
 
 def _write_sweep_tables(
-    sweep_dir: Path, trial_id: str, cfg: TrialConfig, summary: dict[str, Any], run_dir: Path
+    sweep_dir: Path, cfg: TrialConfig, summary: dict[str, Any], run_dir: Path
 ) -> None:
     flips_path = run_dir / "flips.parquet"
     if flips_path.is_file():
-        _write_partition(sweep_dir, "flips", trial_id, pd.read_parquet(flips_path))
+        _write_partition(sweep_dir, "flips", cfg.name, pd.read_parquet(flips_path))
     row = {**flatten_params(cfg.to_dict()), **finite_metrics(summary), "run_dir": str(run_dir)}
-    _write_partition(sweep_dir, "summaries", trial_id, pd.DataFrame([row]))
+    _write_partition(sweep_dir, "summaries", cfg.name, pd.DataFrame([row]))

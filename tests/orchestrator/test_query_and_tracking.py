@@ -89,9 +89,12 @@ def test_a_reopened_trial_run_continues_without_duplicate_steps(tmp_path):
     parent = tracking.create_sweep_run(client, experiment, "s", {"sweep.name": "s"}, {})
 
     def attempt() -> tracking.TrialRun:
-        run = tracking.TrialRun(uri, experiment, parent, "s", "trial_1")
-        run.open("s-0000", {"seed": "0"})
+        run = tracking.TrialRun(uri, experiment, parent, "s", "s-0000", f"id-{len(ids)}")
+        ids.append(run.trial_id)
+        run.open({"seed": "0"})
         return run
+
+    ids: list[str] = []
 
     first = attempt()
     first.log_rows([{"step": 10, "train_loss": 3.0}, {"step": 20, "train_loss": 2.5}])
@@ -112,7 +115,8 @@ def test_a_reopened_trial_run_continues_without_duplicate_steps(tmp_path):
     assert run.data.tags[tracking.TAG_PARENT] == parent
     assert [a.path for a in client.list_artifacts(first.run_id)] == ["summary.json"]
     children = client.search_runs([experiment], f"tags.`{tracking.TAG_KIND}` = 'trial'")
-    assert len(children) == 1
+    assert len(children) == 1 and children[0].info.run_name == "s-0000"
+    assert tracking.trial_names(client, experiment, parent) == {"id-1": "s-0000"}
 
 
 def test_running_objectives_follow_c42_flip_mean():
@@ -145,3 +149,15 @@ def test_fault_injection_parsing(text, expected):
 def test_bad_fault_injection_is_a_config_error(text):
     with pytest.raises(ConfigError, match="--inject-fault"):
         FaultInjection.parse(text)
+
+
+def test_local_tracking_uris_become_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert (
+        tracking.absolute_tracking_uri("sqlite:///runs/m.db") == f"sqlite:///{tmp_path}/runs/m.db"
+    )
+    assert tracking.absolute_tracking_uri("mlruns") == (tmp_path / "mlruns").as_uri()
+    assert tracking.absolute_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert (
+        tracking.absolute_tracking_uri(f"sqlite:///{tmp_path}/a.db") == f"sqlite:///{tmp_path}/a.db"
+    )

@@ -60,8 +60,8 @@ def check_sweep_outputs(uri: str, root: Path, sweep: str, n_trials: int) -> list
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "train_loss")]
         assert steps == sorted(set(steps)), "a step was logged twice"
     flips = flips_dataset(root, sweep)
-    trial_ids = {c.data.tags["signlock.trial_id"] for c in children}
-    assert set(flips["trial"]) == trial_ids
+    trials = {c.data.tags["signlock.trial"] for c in children}
+    assert set(flips["trial"]) == trials == {c.info.run_name for c in children}
     pooled = flips[flips["tensor"] == "__pooled__"].groupby("trial")["count"].sum()
     assert pooled.nunique() == 1 and pooled.iloc[0] > 10_000  # every trial tracks the same model
     return children
@@ -135,7 +135,7 @@ def test_sweep_logs_to_a_real_mlflow_server_over_http(
         children = check_sweep_outputs(uri, sweep_root, "http", 4)
         child = children[0]
         local = MlflowClient(uri).download_artifacts(child.info.run_id, "flips.parquet", tmp_path)
-        run_dir = sweep_root / "http" / "runs" / child.data.tags["signlock.trial_id"]
+        run_dir = sweep_root / "http" / "runs" / child.data.tags["signlock.trial"]
         assert pd.read_parquet(local).equals(pd.read_parquet(run_dir / "flips.parquet"))
         assert list((tmp_path / "server-artifacts").rglob("flips.parquet"))  # stored by the server
     finally:
@@ -169,13 +169,13 @@ def checkpoint_steps(sweep_dir: Path) -> dict[str, int]:
 
 
 def tune_terminated(sweep_dir: Path) -> set[str]:
-    """Trials Tune's persisted experiment state records as TERMINATED."""
+    """Names of the trials Tune's persisted experiment state records as TERMINATED."""
     states = sorted(sweep_dir.glob("experiment_state-*.json"))  # newest start time last
     if not states:
         return set()
     trial_data = json.loads(states[-1].read_text())["trial_data"]
     public = [json.loads(item[0]) for item in trial_data]
-    return {t["trial_id"] for t in public if t["status"] == "TERMINATED"}
+    return {t["config"]["overrides"]["name"] for t in public if t["status"] == "TERMINATED"}
 
 
 def finished_trials(sweep_dir: Path) -> set[str]:
@@ -226,7 +226,7 @@ def test_sigkill_driver_then_resume_finishes_every_trial_exactly_once(
     ]
     assert any(step >= 40 for step in resumed_from), "no trial resumed from a checkpoint"
     children = check_sweep_outputs(tracking_uri, sweep_root, "killed", 4)
-    assert len({c.data.tags["signlock.trial_id"] for c in children}) == 4
+    assert len({c.data.tags["signlock.trial"] for c in children}) == 4
 
     reference = cli(*sweep_args(spec, "reference", sweep_root, tracking_uri))
     assert reference.returncode == 0, reference.stderr[-3000:]
@@ -289,7 +289,7 @@ def test_crashed_trial_is_retried_and_nan_trial_errors_while_the_rest_complete(
     assert by_name[crash].info.status == "FINISHED"
     assert "signlock.error" not in by_name[crash].data.tags
 
-    crash_dir = sweep_root / "faults" / "runs" / by_name[crash].data.tags["signlock.trial_id"]
+    crash_dir = sweep_root / "faults" / "runs" / by_name[crash].data.tags["signlock.trial"]
     attempts = [json.loads(x) for x in (crash_dir / "attempts.jsonl").read_text().splitlines()]
     assert [a["from_step"] for a in attempts] == [0, 20]  # retried from its step-20 checkpoint
     reference = run_trial(spec.trial_config(spec.grid_overrides()[0]), tmp_path / "ref",
@@ -299,6 +299,17 @@ def test_crashed_trial_is_retried_and_nan_trial_errors_while_the_rest_complete(
         pd.read_parquet(tmp_path / "ref" / "flips.parquet"),
     )
     assert json.loads((crash_dir / "summary.json").read_text())["val_loss"] == reference["val_loss"]
+
+    # The NaN was injected once: restarting the errored trial from scratch now finishes it,
+    # in the same MLflow run.
+    restarted = cli("resume", "faults", "--storage", str(sweep_root), "--restart-errored")
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    assert (pd.read_csv(sweep_root / "faults" / "trials.csv")["status"] == "TERMINATED").all()
+    diverge_dir = sweep_root / "faults" / "runs" / by_name[diverge].data.tags["signlock.trial"]
+    last = json.loads((diverge_dir / "attempts.jsonl").read_text().splitlines()[-1])
+    assert last["from_step"] == 0 and not (diverge_dir / "diverged.json").exists()
+    children = check_sweep_outputs(tracking_uri, sweep_root, "faults", 4)
+    assert all("signlock.error" not in c.data.tags for c in children)
 
 
 @pytest.mark.parametrize(
