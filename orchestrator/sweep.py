@@ -250,7 +250,6 @@ def launch_sweep(
         faults=options.faults,
     )
     record = {
-        "spec": spec.to_dict(),
         "context": context.to_dict(),
         "resources": _resources(spec, options),
         "n_trials": n_trials,
@@ -274,8 +273,8 @@ def resume_sweep(
     """``Tuner.restore`` a sweep after a crash or Ctrl-C; finished trials are kept, not rerun."""
     sweep_dir = sweep_dir_for(name_or_path, options.storage)
     record = json.loads((sweep_dir / SWEEP_FILE).read_text())
-    spec = SweepSpec.from_dict(record["spec"])
     context = SweepContext.from_dict(record["context"])
+    spec = SweepSpec.from_dict(context.spec)
     options = replace(
         options,
         storage=sweep_dir.parent,

@@ -24,6 +24,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -60,13 +61,14 @@ class FaultInjection:
 
     @staticmethod
     def parse(text: str) -> FaultInjection:
-        name, _, rest = text.rpartition(":")
-        kind = "raise"
-        if rest in FAULT_KINDS:
-            kind, (name, _, rest) = rest, name.rpartition(":")
-        if not name or not rest.isdigit():
+        """``NAME:STEP[:raise|nan]`` (NAME may itself contain colons)."""
+        parts = text.split(":")
+        kind = parts.pop() if len(parts) >= 3 and parts[-1] in FAULT_KINDS else "raise"
+        step = parts.pop() if len(parts) >= 2 else ""
+        name = ":".join(parts)
+        if not name or not step.isdigit():
             raise ConfigError("--inject-fault", text, "TRIAL_NAME:STEP[:raise|nan]")
-        return FaultInjection(name, int(rest), kind)
+        return FaultInjection(name, int(step), kind)
 
 
 @dataclass(frozen=True)
@@ -127,10 +129,14 @@ def _adopt_checkpoint(run_dir: Path) -> int:
 
 
 def _tune_checkpoint(saved: Path) -> tune.Checkpoint:
-    """A Tune checkpoint directory holding the trial checkpoint (copied to storage by report)."""
-    staging = Path(tempfile.mkdtemp(prefix="signlock-ckpt-"))
-    shutil.copy2(saved, staging / CHECKPOINT_NAME)
-    shutil.copy2(saved.with_suffix(".json"), staging / f"{Path(CHECKPOINT_NAME).stem}.json")
+    """A Tune checkpoint directory holding the trial checkpoint (``report`` copies it to storage).
+    Staged beside the run directory with hard links, so large checkpoints are not copied twice."""
+    staging = Path(tempfile.mkdtemp(prefix=".tune-checkpoint-", dir=saved.parent))
+    for source in (saved, saved.with_suffix(".json")):
+        try:
+            os.link(source, staging / source.name)
+        except OSError:  # a filesystem without hard links
+            shutil.copy2(source, staging / source.name)
     return tune.Checkpoint.from_directory(str(staging))
 
 
@@ -165,20 +171,29 @@ def _inject(fault: FaultInjection, trial: Trial, run_dir: Path) -> None:
         next(trial.model.parameters()).fill_(float("nan"))
 
 
-def running_objectives(rows: list[dict[str, float]]) -> dict[str, float]:
-    """What Tune sees as the trial's objectives while it runs: the latest validation metrics
-    and flip_mean so far, Σ step_flip_rate·Δstep / step over all rows (C.4.2's average)."""
-    latest_eval = next((r for r in reversed(rows) if not math.isnan(r["val_loss"])), None)
-    out = {key: math.nan for key in ("val_loss", "val_ppl", "val_error")}
-    if latest_eval is not None:
-        out.update({key: latest_eval[key] for key in out})
-    weighted, previous = 0.0, 0
-    for row in rows:
-        step = int(row["step"])
-        weighted += row["step_flip_rate"] * (step - previous)
-        previous = step
-    out["flip_mean"] = weighted / previous if previous and not math.isnan(weighted) else math.nan
-    return out
+class RunningObjectives:
+    """What Tune sees as the trial's objectives while it runs: the latest validation metrics and
+    flip_mean so far, Σ step_flip_rate·Δstep / step (C.4.2's average). Rows are folded in once
+    each, including those restored from a checkpoint."""
+
+    VAL_KEYS = ("val_loss", "val_ppl", "val_error")
+
+    def __init__(self) -> None:
+        self.seen = 0
+        self.weighted_flips = 0.0
+        self.last_step = 0
+        self.latest_val = dict.fromkeys(self.VAL_KEYS, math.nan)
+
+    def update(self, rows: list[dict[str, float]]) -> dict[str, float]:
+        for row in rows[self.seen :]:
+            step = int(row["step"])
+            self.weighted_flips += row["step_flip_rate"] * (step - self.last_step)
+            self.last_step = step
+            if not math.isnan(row["val_loss"]):
+                self.latest_val = {key: row[key] for key in self.VAL_KEYS}
+        self.seen = len(rows)
+        flip_mean = self.weighted_flips / self.last_step if self.last_step else math.nan
+        return {**self.latest_val, "flip_mean": flip_mean}
 
 
 def _check_diverged(run_dir: Path) -> None:
@@ -210,13 +225,14 @@ def signlock_trainable(config: dict[str, Any], context: SweepContext) -> None:
     try:
         _check_diverged(run_dir)
         trial = Trial(cfg, run_dir, progress=False)
+        objectives = RunningObjectives()
 
         def report(row: dict[str, float], saved: Path | None) -> None:
             mlflow_run.log_rows([row])
             for fault in faults:
                 if int(row["step"]) == fault.step:
                     _inject(fault, trial, run_dir)
-            metrics = {**finite_metrics(row), **running_objectives(trial.rows)}
+            metrics = {**finite_metrics(row), **objectives.update(trial.rows)}
             if saved is None:
                 tune.report(metrics)
                 return

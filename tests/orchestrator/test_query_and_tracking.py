@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from signlock.orchestrator import tracking
 from signlock.orchestrator.query import apply_filter, parse_filter, write_runs
-from signlock.orchestrator.trainable import FaultInjection, running_objectives
+from signlock.orchestrator.trainable import FaultInjection, RunningObjectives
 from signlock.trainables.errors import ConfigError
 
 RUNS = pd.DataFrame(
@@ -126,11 +126,15 @@ def test_running_objectives_follow_c42_flip_mean():
         {"step": 30, "step_flip_rate": 0.005, "val_loss": 1.0, "val_ppl": 2.7, "val_error": nan},
         {"step": 40, "step_flip_rate": 0.0, "val_loss": nan, "val_ppl": nan, "val_error": nan},
     ]
-    out = running_objectives(rows)
+    objectives = RunningObjectives()
+    first = objectives.update(rows[:1])
+    assert first["flip_mean"] == pytest.approx(0.02) and math.isnan(first["val_ppl"])
+    out = objectives.update(rows)  # rows are folded in once each
     # total crossings per scalar: 10·0.02 + 20·0.005 + 10·0 = 0.3 over 40 steps
     assert out["flip_mean"] == pytest.approx(0.3 / 40)
     assert out["val_ppl"] == 2.7 and math.isnan(out["val_error"])
-    assert math.isnan(running_objectives([])["flip_mean"])
+    assert out == RunningObjectives().update(rows)  # as after a resume with restored rows
+    assert math.isnan(RunningObjectives().update([])["flip_mean"])
 
 
 @pytest.mark.parametrize(

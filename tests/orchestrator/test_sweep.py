@@ -15,6 +15,7 @@ import pyarrow.dataset as pads
 import pytest
 from mlflow.tracking import MlflowClient
 
+from signlock.orchestrator.status import sweep_status
 from signlock.search_spaces.spec import load_spec
 from signlock.trainables.trainer import run_trial
 
@@ -170,12 +171,8 @@ def checkpoint_steps(sweep_dir: Path) -> dict[str, int]:
 
 def tune_terminated(sweep_dir: Path) -> set[str]:
     """Names of the trials Tune's persisted experiment state records as TERMINATED."""
-    states = sorted(sweep_dir.glob("experiment_state-*.json"))  # newest start time last
-    if not states:
-        return set()
-    trial_data = json.loads(states[-1].read_text())["trial_data"]
-    public = [json.loads(item[0]) for item in trial_data]
-    return {t["config"]["overrides"]["name"] for t in public if t["status"] == "TERMINATED"}
+    trials = sweep_status(sweep_dir).trials
+    return set(trials.loc[trials["status"] == "TERMINATED", "name"])
 
 
 def finished_trials(sweep_dir: Path) -> set[str]:
