@@ -131,6 +131,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial,
         max_failures=args.max_failures,
+        checkpoint_every=args.checkpoint_every,
         faults=tuple(FaultInjection.parse(text) for text in args.inject_fault),
     )
     table = launch_sweep(spec, options, name=args.name)
@@ -239,6 +240,11 @@ def _add_sweep_commands(commands: Any) -> None:
     sweep.add_argument("--gpus-per-trial", type=float)
     sweep.add_argument(
         "--max-failures", type=int, default=2, help="retries of a crashed trial (default 2)"
+    )
+    sweep.add_argument(
+        "--checkpoint-every",
+        type=int,
+        help="steps between trial checkpoints (default: the trial's own, else ~10 per trial)",
     )
     sweep.add_argument("--search", choices=["grid", "optuna"], help="override the spec's search")
     sweep.add_argument("--budget", type=int, help="number of Optuna trials")

@@ -50,6 +50,7 @@ class SweepOptions:
     cpus_per_trial: float | None = None
     gpus_per_trial: float | None = None
     max_failures: int = 2
+    checkpoint_every: int | None = None  # None: the trial's own, else ~10 per trial
     checkpoint_keep: int = 2
     faults: tuple[FaultInjection, ...] = field(default_factory=tuple)
     progress: bool = True
@@ -64,6 +65,8 @@ class SweepOptions:
             raise ConfigError("--gpus-per-trial", self.gpus_per_trial, "a number >= 0")
         if self.max_failures < 0:
             raise ConfigError("--max-failures", self.max_failures, "an integer >= 0")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise ConfigError("--checkpoint-every", self.checkpoint_every, "an integer >= 1")
 
 
 def storage_path(value: str) -> Path:
@@ -83,6 +86,23 @@ def with_search(spec: SweepSpec, search: str, budget: int | None) -> SweepSpec:
     data = {**spec.to_dict(), "search": search}
     if budget is not None:
         data["budget"] = budget
+    return SweepSpec.from_dict(data)
+
+
+CHECKPOINTS_PER_TRIAL = 10
+
+
+def with_checkpoints(spec: SweepSpec, every: int | None) -> SweepSpec:
+    """Every trial must checkpoint for retries and resume to continue it: ``every`` steps, else
+    the base config's own interval, else about ten per trial (a multiple of ``log_every``)."""
+    base = spec.base
+    if every is None and base.checkpoint_every is not None:
+        return spec
+    if every is None:
+        logs_per_checkpoint = max(1, base.steps // (CHECKPOINTS_PER_TRIAL * base.log_every))
+        every = logs_per_checkpoint * base.log_every
+    data = spec.to_dict()
+    data["set"] = {**data["set"], "checkpoint_every": every}
     return SweepSpec.from_dict(data)
 
 
@@ -222,7 +242,7 @@ def launch_sweep(
 ) -> pd.DataFrame:
     """Validate, create the MLflow parent run, run every trial on Ray Tune; the trials table."""
     options.validate()
-    spec = _absolute_paths(spec)
+    spec = with_checkpoints(_absolute_paths(spec), options.checkpoint_every)
     sweep_name = name or spec.name
     sweep_dir = options.storage / sweep_name
     if (sweep_dir / SWEEP_FILE).exists():
