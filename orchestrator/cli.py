@@ -78,18 +78,18 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def _tracking_uri(args: argparse.Namespace) -> str:
     from signlock.orchestrator.tracking import absolute_tracking_uri, default_tracking_uri
 
-    if args.tracking_uri:
+    if getattr(args, "tracking_uri", None):
         return absolute_tracking_uri(args.tracking_uri)
     return default_tracking_uri(DEFAULT_RUNS_DIR)
 
 
 def _sweep_options(args: argparse.Namespace, **extra: Any) -> Any:
-    from signlock.orchestrator.sweep import SweepOptions, storage_path
+    from signlock.orchestrator.sweep import DEFAULT_EXPERIMENT, SweepOptions, storage_path
 
     return SweepOptions(
         storage=storage_path(args.storage),
         tracking_uri=_tracking_uri(args),
-        experiment=args.experiment,
+        experiment=getattr(args, "experiment", DEFAULT_EXPERIMENT),
         address=args.address,
         progress=not args.quiet,
         verbose=args.verbose,
@@ -208,7 +208,6 @@ def _add_tracking_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_sweep_runtime_args(parser: argparse.ArgumentParser) -> None:
-    _add_tracking_args(parser)
     parser.add_argument(
         "--storage",
         default=str(DEFAULT_SWEEPS_DIR),
@@ -255,10 +254,13 @@ def _add_sweep_commands(commands: Any) -> None:
         metavar="NAME:STEP[:raise|nan]",
         help="make trial NAME crash (raise) or diverge (nan) once at STEP, to test recovery",
     )
+    _add_tracking_args(sweep)
     _add_sweep_runtime_args(sweep)
     sweep.set_defaults(func=cmd_sweep)
 
-    resume = commands.add_parser("resume", help="continue an interrupted sweep")
+    resume = commands.add_parser(
+        "resume", help="continue an interrupted sweep (its MLflow store is the one it started with)"
+    )
     resume.add_argument("sweep", help="sweep name (under --storage) or sweep directory")
     resume.add_argument(
         "--restart-errored", action="store_true", help="rerun errored trials from scratch"

@@ -295,14 +295,8 @@ def resume_sweep(
     record = json.loads((sweep_dir / SWEEP_FILE).read_text())
     context = SweepContext.from_dict(record["context"])
     spec = SweepSpec.from_dict(context.spec)
-    options = replace(
-        options,
-        storage=sweep_dir.parent,
-        tracking_uri=context.tracking_uri,
-        faults=context.faults,
-        max_failures=record["options"]["max_failures"],
-        address=options.address or record["options"]["address"],
-    )
+    # Tune restores its own run config; the MLflow store and faults come with the context.
+    options = replace(options, address=options.address or record["options"]["address"])
     tracking.reopen_sweep_run(tracking.MlflowClient(context.tracking_uri), context.parent_run_id)
     restore = {
         "path": str(sweep_dir),
