@@ -3,6 +3,11 @@
 Defaults are the paper's (Appendix C.4 for TinyCharLM, C.4.2 for the tracker, Section 4 for the
 interventions). Every value is checked in ``__post_init__``; a bad value raises ``ConfigError``
 naming the field, the value and what is allowed.
+
+This module owns the schema: :func:`field_hint` (the type of a dotted field), :func:`coerce_field`
+(the one conversion of user input — ``--set`` values, YAML specs, JSON/YAML config files — to a
+field's type; PyYAML reads ``1e-3`` as a string, so numeric strings become floats here) and
+:func:`read_mapping_file` (the one loader of JSON/YAML files, duplicate keys refused).
 """
 
 from __future__ import annotations
@@ -308,6 +313,13 @@ class TrialConfig:
             self.threads,
             "an integer >= 1 or null",
         )
+        # Evaluations happen on logged rows only: any other interval would silently skip some.
+        _require(
+            self.eval_every is None or self.eval_every % self.log_every == 0,
+            "eval_every",
+            self.eval_every,
+            f"a multiple of log_every={self.log_every} or null",
+        )
         # Checkpoints are taken right after a logged row, so a resumed run repeats no window.
         _require(
             self.checkpoint_every is None or self.checkpoint_every % self.log_every == 0,
@@ -333,11 +345,13 @@ class TrialConfig:
                 "false unless init.template_rank is set (E.3.2 projects onto the template)",
             )
         self._check_gap()
-        if self.model.kind == "gpt" and self.data.dataset != "synthetic":
+        if self.model.kind == "gpt":
+            # The model sees sequences of synthetic_seq_len (C.3.6) or seq_len tokens.
+            seq_field = "synthetic_seq_len" if self.data.dataset == "synthetic" else "seq_len"
             _require(
-                self.data.seq_len <= self.model.context_length,
-                "data.seq_len",
-                self.data.seq_len,
+                getattr(self.data, seq_field) <= self.model.context_length,
+                f"data.{seq_field}",
+                getattr(self.data, seq_field),
                 f"<= model.context_length={self.model.context_length}",
             )
 
@@ -379,16 +393,7 @@ class TrialConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> TrialConfig:
         """Load a ``.json`` or ``.yaml``/``.yml`` trial config (YAML via ``safe_load``)."""
-        path = Path(path)
-        text = path.read_text()
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            raw = yaml.safe_load(text)
-        else:
-            raw = json.loads(text)
-        _require(isinstance(raw, dict), "config", str(path), "a mapping of trial fields")
-        return cls.from_dict(raw)
+        return cls.from_dict(read_mapping_file(path, "config"))
 
     def with_overrides(self, overrides: dict[str, Any]) -> TrialConfig:
         """A copy with dotted-key overrides applied, e.g. ``{"optim.lr": 1e-3, "seed": 2}``."""
@@ -406,6 +411,123 @@ class TrialConfig:
                 node = node[part]
             node[leaf] = value
         return TrialConfig.from_dict(merged)
+
+
+def parse_float(value: object) -> float | None:
+    """A number, or a string holding one (``"1e-3"``); None for anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _unwrap_optional(hint: Any) -> Any:
+    if get_origin(hint) in (typing.Union, types.UnionType):
+        inner = [a for a in get_args(hint) if a is not type(None)]
+        return inner[0] if len(inner) == 1 else hint
+    return hint
+
+
+def _dotted_hint(dotted: str) -> Any:
+    hint: Any = TrialConfig
+    walked: list[str] = []
+    for part in dotted.split("."):
+        hint = _unwrap_optional(hint)
+        if not dataclasses.is_dataclass(hint):
+            raise KeyError(f"{'.'.join(walked)} is a value, not a section")
+        hints = typing.get_type_hints(hint)
+        if part not in hints:
+            where = ".".join(walked) or "the top level"
+            raise KeyError(f"fields in {where}: {', '.join(sorted(hints))}")
+        hint = hints[part]
+        walked.append(part)
+    return hint
+
+
+def field_hint(dotted: str) -> Any:
+    """The type of a dotted TrialConfig field, ``Optional`` removed (``"optim.lr"`` -> ``float``);
+    raises ``KeyError`` listing the fields allowed where the path stops existing."""
+    return _unwrap_optional(_dotted_hint(dotted))
+
+
+def coerce_field(dotted: str, value: Any) -> Any:
+    """User input for field ``dotted`` converted to the field's type as plain data (a section
+    stays a mapping); raises ``ConfigError`` naming the field when it cannot be."""
+    try:
+        hint = _dotted_hint(dotted)
+    except KeyError as missing:
+        raise ConfigError(dotted, value, f"a dotted TrialConfig field; {missing.args[0]}") from None
+    section = _unwrap_optional(hint)
+    if dataclasses.is_dataclass(section) and isinstance(value, dict):
+        return {key: coerce_field(f"{dotted}.{key}", item) for key, item in value.items()}
+    return _coerce(hint, value, dotted)
+
+
+def read_mapping_file(path: str | Path, what: str) -> dict[str, Any]:
+    """The mapping held by a ``.json`` or YAML file; ``what`` names it in errors (``config``,
+    ``spec``). Missing files, bad syntax, duplicate keys and non-mappings are ``ConfigError``s."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(what, str(path), f"an existing .json or .yaml file (not found: {path})")
+    text = path.read_text()
+    try:
+        if path.suffix == ".json":
+            raw = json.loads(text, object_pairs_hook=_reject_duplicate_pairs)
+        else:
+            _check_unique_keys(yaml.compose(text, Loader=yaml.SafeLoader), what)
+            raw = yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(what, str(path), f"valid YAML/JSON ({first})") from None
+    _require(isinstance(raw, dict), what, str(path), "a file holding a mapping")
+    return raw
+
+
+def _check_unique_keys(node: Any, path: str) -> None:
+    """Reject duplicate mapping keys in a composed YAML node tree (PyYAML keeps the last)."""
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise ConfigError(path, key, f"keys that appear once (duplicate on line {line})")
+            seen.add(key)
+            _check_unique_keys(value_node, f"{path}.{key}")
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_unique_keys(item, f"{path}[{i}]")
+
+
+def _reject_duplicate_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        _require(key not in out, "file", key, "keys that appear once in each JSON object")
+        out[key] = value
+    return out
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted fields whose values differ between two ``TrialConfig.to_dict()`` forms, with the
+    values, e.g. ``["optim.lr: 0.0003 -> 0.002"]``."""
+    changed = []
+    for key in sorted(old.keys() | new.keys()):
+        before, after = old.get(key), new.get(key)
+        if isinstance(before, dict) and isinstance(after, dict):
+            changed += config_differences(before, after, f"{prefix}{key}.")
+        elif before != after:
+            changed.append(f"{prefix}{key}: {before!r} -> {after!r}")
+    return changed
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
@@ -450,13 +572,9 @@ def _coerce(hint: Any, value: Any, field_name: str) -> Any:
         )
         return value
     if hint is float:
-        _require(
-            isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value),
-            field_name,
-            value,
-            "a finite number",
-        )
-        return float(value)
+        number = parse_float(value)
+        _require(number is not None and math.isfinite(number), field_name, value, "a finite number")
+        return number
     if hint is str:
         _require(isinstance(value, str), field_name, value, "a string")
         return value

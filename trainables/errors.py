@@ -5,7 +5,11 @@ class SignlockError(Exception):
     """Base class of every error signlock raises on purpose."""
 
 
-class ConfigError(SignlockError, ValueError):
+class UsageError(SignlockError):
+    """The user asked for something invalid: the command stops before any work (exit 2)."""
+
+
+class ConfigError(UsageError, ValueError):
     """A user-supplied value is invalid. The message is one line: field, value, allowed values."""
 
     def __init__(self, field: str, value: object, allowed: str) -> None:
@@ -13,6 +17,14 @@ class ConfigError(SignlockError, ValueError):
         self.value = value
         self.allowed = allowed
         super().__init__(f"invalid {field}={value!r}: {allowed}")
+
+
+class InputNotFoundError(UsageError, FileNotFoundError):
+    """A file the user named does not exist."""
+
+    def __init__(self, path: object) -> None:
+        self.path = path
+        super().__init__(f"not found: {path}")
 
 
 class DatasetError(SignlockError):

@@ -4,10 +4,10 @@ train, and write the run directory.
 Run directory layout (a run directory alone is enough to resume or reproduce the trial)::
 
     config.json          the TrialConfig
-    metrics.parquet      one row every ``log_every`` steps (see METRIC_COLUMNS)
+    metrics.parquet      one row every ``log_every`` steps (``schema.METRIC_COLUMNS``)
     flips.parquet        K histogram: tensor (str), k (int64), count (int64); "__pooled__" sums
     tensor_stats.parquet per-tensor lock-in statistics of the sign tracker
-    summary.json         final metrics (see ``Trial._summary``)
+    summary.json         final metrics: every ``schema.SUMMARY_FIELDS``, null when not measured
     checkpoints/latest.pt model, optimizer, scheduler, RNG, tracker state (torch.load weights_only)
     checkpoints/latest.json {"step": N} of that checkpoint
 
@@ -28,37 +28,19 @@ from typing import Any
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from signlock.trainables import data as datasets
-from signlock.trainables.config import TrialConfig
+from signlock.trainables.config import TrialConfig, config_differences
 from signlock.trainables.errors import ConfigError, TrainingDivergedError
 from signlock.trainables.interventions import Interventions, resolve_targets
 from signlock.trainables.models import build_model
 from signlock.trainables.schedules import LRMultiplier
+from signlock.trainables.schema import METRIC_COLUMNS, SUMMARY_FIELDS, VALIDATION_METRICS
+from signlock.trainables.tasks import make_task
 from signlock.trainables.tracker import SignTracker
 
 CHECKPOINT_NAME = "latest.pt"
-EVAL_SEED_OFFSET = 10_007  # evaluation batches come from their own fixed-seed generator
 DATA_SEED_OFFSET = 1
-
-# metrics.parquet columns; val_* are NaN on rows without an evaluation.
-METRIC_COLUMNS = (
-    "step",
-    "train_loss",
-    "val_loss",
-    "val_ppl",
-    "val_error",
-    "lr",
-    "lam",
-    "penalty",
-    "flip_vs_init",
-    "step_flip_rate",
-    "boundary_hit_fraction",
-    "projection_changes",
-    "elapsed_s",
-)
 
 Reporter = Callable[[dict[str, float], Path | None], None]
 """Called after each logged row with that row and the checkpoint path if one was just written."""
@@ -94,66 +76,6 @@ class _Window:
         self.last_lr = lr
 
 
-class Task:
-    """Batches and evaluation of one dataset family (language modelling or MNIST)."""
-
-    def __init__(self, cfg: TrialConfig, device: torch.device) -> None:
-        self.cfg = cfg
-        self.device = device
-        self.is_vision = cfg.model.kind == "mlp"
-        if self.is_vision:
-            self.images = datasets.load_mnist(cfg.data)
-            self.vocab_size = None
-        else:
-            self.lm = datasets.load_lm_data(cfg.data)
-            self.vocab_size = self.lm.vocab_size
-
-    def train_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        data = self.cfg.data
-        if self.is_vision:
-            x, y = datasets.image_batch(self.images, data.batch_size, generator)
-        else:
-            x, y = datasets.lm_batch(self.lm, "train", data.batch_size, data.seq_len, generator)
-        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = model(x)
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
-
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
-        """LM: mean loss over ``eval_batches`` random val batches, PPL = exp(loss in nats) (C.4.1).
-        MNIST: loss and error 1 - accuracy over the whole validation split (E.2.1)."""
-        was_training = model.training
-        model.eval()
-        try:
-            return self._evaluate_images(model) if self.is_vision else self._evaluate_lm(model)
-        finally:
-            model.train(was_training)
-
-    def _evaluate_lm(self, model: nn.Module) -> dict[str, float]:
-        data = self.cfg.data
-        generator = torch.Generator().manual_seed(self.cfg.seed + EVAL_SEED_OFFSET)
-        batch_size = data.eval_batch_size or data.batch_size
-        total = 0.0
-        for _ in range(data.eval_batches):
-            x, y = datasets.lm_batch(self.lm, "val", batch_size, data.seq_len, generator)
-            total += float(self.loss(model, x.to(self.device), y.to(self.device)))
-        val_loss = total / data.eval_batches
-        return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700.0))}
-
-    def _evaluate_images(self, model: nn.Module) -> dict[str, float]:
-        batch_size = self.cfg.data.eval_batch_size or 512
-        loss_sum, wrong, count = 0.0, 0, 0
-        for x, y in datasets.iter_eval_batches(self.images.x_val, self.images.y_val, batch_size):
-            x, y = x.to(self.device), y.to(self.device)
-            logits = model(x).float()
-            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-            wrong += int((logits.argmax(dim=-1) != y).sum())
-            count += y.numel()
-        return {"val_loss": loss_sum / count, "val_error": wrong / count}
-
-
 def _make_optimizer(
     cfg: TrialConfig, model: nn.Module, device: torch.device
 ) -> tuple[torch.optim.Optimizer, str]:
@@ -185,7 +107,7 @@ class Trial:
         if cfg.threads is not None and self.device.type == "cpu":
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
-        self.task = Task(cfg, self.device)
+        self.task = make_task(cfg, self.device)
         self.model = build_model(cfg.model, vocab_size=self.task.vocab_size, device=self.device)
         self.interventions = Interventions(cfg, self.model)
         self.interventions.initialize(cfg.seed)
@@ -227,14 +149,22 @@ class Trial:
 
     # ---- the loop -------------------------------------------------------------------------
 
-    def run(self, reporter: Reporter | None = None, *, resume: bool = True) -> dict[str, Any]:
+    def run(
+        self,
+        reporter: Reporter | None = None,
+        *,
+        resume: bool = True,
+        on_resume: Callable[[int], None] | None = None,
+    ) -> dict[str, Any]:
         """Train to ``cfg.steps`` (continuing from the run dir's checkpoint when ``resume``) and
         write all outputs. Raises ``TrainingDivergedError`` on a non-finite loss after writing
         what was computed so far."""
+        if resume and self.checkpoint_path.exists():
+            self.load_checkpoint(self.checkpoint_path)  # refuses a changed config: nothing written
+            if on_resume is not None:
+                on_resume(self.step)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._write_config()
-        if resume and self.checkpoint_path.exists():
-            self.load_checkpoint(self.checkpoint_path)
         self.model.train()
         bar = self._progress_bar()
         try:
@@ -372,9 +302,13 @@ class Trial:
 
     def load_checkpoint(self, path: Path) -> None:
         state = torch.load(path, map_location=self.device, weights_only=True)
-        if state["config"] != self.cfg.to_dict():
+        changed = config_differences(state["config"], self.cfg.to_dict())
+        if changed:
             raise ConfigError(
-                "config", str(path), "the same trial config as the checkpoint (start a new run dir)"
+                "config",
+                str(path),
+                f"the trial config of this checkpoint; these fields differ: {', '.join(changed)} "
+                "(choose another --run-dir, or --no-resume to start over)",
             )
         self.step = state["step"]
         self.model.load_state_dict(state["model"])
@@ -406,24 +340,28 @@ class Trial:
             )
 
     def _summary(self) -> dict[str, Any]:
+        """Every ``schema.SUMMARY_FIELDS`` key; ``None`` (JSON null) where not measured."""
         last_eval = next((r for r in reversed(self.rows) if not math.isnan(r["val_loss"])), {})
-        summary: dict[str, Any] = {
+        measured: dict[str, Any] = {
             "name": self.cfg.name,
             "steps": self.step,
             "optimizer": self.optimizer_name,
             "device": str(self.device),
             "wall_time_s": self.train_seconds,
-            "steps_per_s": self.step / self.train_seconds if self.train_seconds else math.nan,
+            "steps_per_s": self.step / self.train_seconds if self.train_seconds else None,
             "projection_changes_total": self.projection_total,
-            "final_train_loss": self.rows[-1]["train_loss"] if self.rows else math.nan,
+            "final_train_loss": self.rows[-1]["train_loss"] if self.rows else None,
         }
-        for key in ("val_loss", "val_ppl", "val_error"):
-            value = last_eval.get(key, math.nan)
-            if not math.isnan(value):
-                summary[key] = value
+        for key in VALIDATION_METRICS:
+            measured[key] = last_eval.get(key)
         if self.tracker is not None:
-            summary.update(self.tracker.summary())
-        return summary
+            measured.update(self.tracker.summary())
+        return {key: _measured(measured.get(key)) for key in SUMMARY_FIELDS}
+
+
+def _measured(value: Any) -> Any:
+    """NaN means 'not measured' in the rows; in summary.json that is null."""
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def run_trial(
@@ -433,9 +371,11 @@ def run_trial(
     reporter: Reporter | None = None,
     resume: bool = True,
     progress: bool = True,
+    on_resume: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Build and run one trial; returns its summary (also written to ``summary.json``)."""
-    return Trial(cfg, run_dir, progress=progress).run(reporter, resume=resume)
+    """Build and run one trial; returns its summary (also written to ``summary.json``).
+    ``on_resume`` is told the step a checkpoint was resumed from."""
+    return Trial(cfg, run_dir, progress=progress).run(reporter, resume=resume, on_resume=on_resume)
 
 
 def checkpoint_step(path: Path) -> int:

@@ -137,7 +137,7 @@ def test_projection_enforces_the_template_and_counts_changes():
 def lockin_config(**overrides) -> TrialConfig:
     base = {
         "model": {"d_model": 32, "n_heads": 2, "d_ff": 64, "context_length": 16},
-        "data": {"dataset": "synthetic", "seq_len": 16},
+        "data": {"dataset": "synthetic", "seq_len": 16, "synthetic_seq_len": 16},
     }
     return TrialConfig.from_dict(base).with_overrides(overrides)
 

@@ -14,7 +14,8 @@ import torch
 from signlock.search_spaces.presets import trial_preset
 from signlock.trainables.config import TrialConfig
 from signlock.trainables.errors import TrainingDivergedError
-from signlock.trainables.trainer import METRIC_COLUMNS, Trial, load_run_config, run_trial
+from signlock.trainables.schema import METRIC_COLUMNS, SUMMARY_FIELDS
+from signlock.trainables.trainer import Trial, load_run_config, run_trial
 
 TIMING_KEYS = {"wall_time_s", "steps_per_s"}
 
@@ -78,7 +79,7 @@ def test_run_dir_has_every_output_with_its_schema(tmp_path):
         "val_loss",
         "val_ppl",
         "flip_mean",
-        "flip_vs_init",
+        "final_flip_ratio",
         "h_hat",
         "g_hat",
         "wall_time_s",
@@ -136,7 +137,7 @@ def test_resumed_trial_equals_an_uninterrupted_one(tmp_path, projection):
     drop = lambda s: {k: v for k, v in s.items() if k not in TIMING_KEYS}  # noqa: E731
     assert drop(straight[2]) == drop(resumed[2])
     if projection:
-        assert straight[2]["flip_vs_init"] == 0.0  # the template is enforced exactly
+        assert straight[2]["final_flip_ratio"] == 0.0  # the template is enforced exactly
 
 
 def test_checkpoint_of_a_different_config_is_refused(tmp_path):
@@ -144,8 +145,27 @@ def test_checkpoint_of_a_different_config_is_refused(tmp_path):
     run_trial(cfg, tmp_path / "run", progress=False)
     from signlock.trainables.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="checkpoint"):
-        run_trial(cfg.with_overrides({"seed": 1}), tmp_path / "run", progress=False)
+    config_before = (tmp_path / "run" / "config.json").read_bytes()
+    metrics_before = (tmp_path / "run" / "metrics.parquet").read_bytes()
+    changed = cfg.with_overrides({"seed": 1, "optim.lr": 0.002})
+    with pytest.raises(ConfigError, match=r"optim\.lr: 0\.003 -> 0\.002, seed: 0 -> 1"):
+        run_trial(changed, tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "config.json").read_bytes() == config_before
+    assert (tmp_path / "run" / "metrics.parquet").read_bytes() == metrics_before
+
+
+def test_summary_has_every_promised_field_with_integer_counts(tmp_path):
+    summary = run_trial(tiny_lockin_config(steps=10), tmp_path / "run", progress=False)
+    written = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert list(written) == sorted(SUMMARY_FIELDS)  # sort_keys
+    assert set(summary) == set(SUMMARY_FIELDS)
+    for key in ("steps", "projection_changes_total", "zero_crossings", "n_tracked"):
+        assert type(written[key]) is int, key
+    assert written["steps"] == 10
+    assert 0.0 <= written["final_flip_ratio"] <= 1.0
+    metrics = pd.read_parquet(tmp_path / "run" / "metrics.parquet")
+    assert written["final_flip_ratio"] == metrics["flip_vs_init"].iloc[-1]
+    assert written["flip_mean"] == pytest.approx(metrics["flip_mean"].iloc[-1])
 
 
 def test_nan_loss_raises_and_keeps_what_was_computed(tmp_path):
@@ -177,7 +197,7 @@ def test_vision_mlp_smoke_on_a_local_npz(tmp_path, tiny_mnist_npz):
     )
     summary = run_trial(cfg, tmp_path / "run", progress=False)
     assert 0.0 <= summary["val_error"] <= 1.0
-    assert "val_ppl" not in summary
+    assert summary["val_ppl"] is None
     assert summary["n_tracked"] == 784 * 256 + 256 * 256 + 256 * 10
 
 
