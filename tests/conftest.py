@@ -57,7 +57,7 @@ def seeded_cache(
 ) -> Path:
     """``$SIGNLOCK_CACHE`` pointing at a fresh cache that already holds Tiny Shakespeare, as a user
     with an offline copy would set it up; ``fetch`` verifies it by checksum."""
-    from signlock.trainables.data import DATASETS
+    from signlock.trainables.downloads import DATASETS
 
     cache = tmp_path / "cache"
     cache.mkdir()
