@@ -14,7 +14,8 @@ import functools
 import json
 from dataclasses import dataclass
 
-from signlock.search_spaces.spec import PRESET_KEY, SweepSpec
+from signlock.search_spaces.axes import PRESET_KEY
+from signlock.search_spaces.spec import SweepSpec
 from signlock.trainables.config import ModelConfig, TrialConfig
 from signlock.trainables.models import (
     SCALE_CONFIGS,
@@ -57,6 +58,7 @@ class SweepPlan:
     gpus_per_trial: float
     seeds: tuple[int, ...]
     num_samples: int
+    n_duplicates: int  # override sets dropped: they repeat an earlier trial config
 
     @property
     def steps_per_trial(self) -> tuple[int, ...]:
@@ -177,6 +179,7 @@ def plan_sweep(spec: SweepSpec) -> SweepPlan:
         gpus_per_trial=spec.gpus_per_trial,
         seeds=spec.seeds,
         num_samples=spec.num_samples,
+        n_duplicates=spec.n_duplicates(),
     )
 
 
@@ -209,6 +212,7 @@ def format_plan(plan: SweepPlan) -> str:
     lines = [
         f"sweep {plan.name}: {plan.n_trials} trials ({plan.search} search; {how})",
         f"  seeds: {', '.join(map(str, plan.seeds))}",
+        f"  duplicates dropped: {plan.n_duplicates} (points repeating an earlier trial config)",
         f"  steps per trial: {_span(plan.steps_per_trial)} (total {_count(plan.total_steps)})",
         f"  {plan.unit} per step: {_span(plan.tokens_per_step)}",
         f"  total training {plan.unit}: {_count(plan.total_tokens)}",

@@ -24,6 +24,7 @@ def charlm() -> TrialConfig:
 
 
 def charlm_smoke() -> TrialConfig:
+    """Smoke size of ``charlm``: 300 steps, checkpoints every 100 (needs Tiny Shakespeare)."""
     cfg = charlm()
     return cfg.with_overrides(
         {
@@ -50,6 +51,7 @@ def charlm_lockin() -> TrialConfig:
 
 
 def charlm_lockin_smoke() -> TrialConfig:
+    """Smoke size of ``charlm-lockin``: short run with the hard projection of E.3.2."""
     return charlm_lockin().with_overrides(
         {
             "name": "charlm-lockin-smoke",
@@ -74,6 +76,7 @@ def charlm_floating() -> TrialConfig:
 
 
 def charlm_floating_smoke() -> TrialConfig:
+    """Smoke size of ``charlm-floating``: a short sign-floating run (D.6)."""
     return charlm_floating().with_overrides(
         {
             "name": "charlm-floating-smoke",
@@ -100,6 +103,7 @@ def synthetic_lm() -> TrialConfig:
 
 
 def synthetic_smoke() -> TrialConfig:
+    """Smoke size of ``synthetic-lm``: a tiny LM on the offline synthetic corpus (the demo)."""
     return synthetic_lm().with_overrides(
         {
             "name": "synthetic-smoke",
@@ -129,6 +133,7 @@ def vision_mlp() -> TrialConfig:
 
 
 def vision_mlp_smoke() -> TrialConfig:
+    """Smoke size of ``vision-mlp``: 100 steps on MNIST (E.2)."""
     return vision_mlp().with_overrides(
         {"name": "vision-mlp-smoke", "steps": 100, "log_every": 25, "eval_every": 50}
     )
@@ -151,6 +156,15 @@ def scale_trial(name: str) -> TrialConfig:
     )
 
 
+def _scale_preset(name: str) -> Callable[[], TrialConfig]:
+    def preset() -> TrialConfig:
+        return scale_trial(name)
+
+    what = "its tiny debug size" if name == "scale-debug" else f"Table 1 model {name}"
+    preset.__doc__ = f"Scale family (C.5), {what}: bf16, micro-batch 1, 2048 tracked per tensor."
+    return preset
+
+
 TRIAL_PRESETS: dict[str, Callable[[], TrialConfig]] = {
     "charlm": charlm,
     "charlm-smoke": charlm_smoke,
@@ -162,7 +176,7 @@ TRIAL_PRESETS: dict[str, Callable[[], TrialConfig]] = {
     "synthetic-smoke": synthetic_smoke,
     "vision-mlp": vision_mlp,
     "vision-mlp-smoke": vision_mlp_smoke,
-    **{name: (lambda name=name: scale_trial(name)) for name in SCALE_CONFIGS},
+    **{name: _scale_preset(name) for name in SCALE_CONFIGS},
 }
 
 

@@ -54,27 +54,31 @@ Semantics.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import math
 import re
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, get_args, get_origin
+from functools import cached_property
+from typing import Any
 
+from signlock.search_spaces.axes import (
+    AXIS_KINDS,
+    PRESET_KEY,
+    Axis,
+    check_axis,
+    check_key,
+    coerce_override,
+    is_int,
+    is_number,
+    naming_axis,
+    plain,
+)
 from signlock.search_spaces.presets import TRIAL_PRESETS, trial_preset
-from signlock.trainables.config import TrialConfig
+from signlock.trainables.config import TrialConfig, parse_float
 from signlock.trainables.errors import ConfigError
 
-AXIS_KINDS = ("grid", "choice", "uniform", "loguniform")
-VALUE_KINDS = ("grid", "choice")  # axes given by explicit values
-RANGE_KINDS = ("uniform", "loguniform")  # axes given by [low, high]
 SEARCH_KINDS = ("grid", "optuna")
-PRESET_KEY = "preset"  # axis / point key whose values are trial preset names
-RESERVED_KEYS = ("name", "seed")  # set per trial by the expansion itself
 SPEC_FIELDS = (
     "name",
     "description",
@@ -92,217 +96,6 @@ SPEC_FIELDS = (
 RESOURCE_FIELDS = ("cpus_per_trial", "gpus_per_trial")
 MAX_VALIDATED_CORNERS = 4096  # above this many random-axis corners, vary one axis at a time
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-# ---------------------------------------------------------------------------------------------
-# Dotted keys of TrialConfig
-# ---------------------------------------------------------------------------------------------
-
-
-def _unwrap_optional(hint: Any) -> Any:
-    if get_origin(hint) in (typing.Union, types.UnionType):
-        inner = [a for a in get_args(hint) if a is not type(None)]
-        return inner[0] if len(inner) == 1 else hint
-    return hint
-
-
-def field_hint(dotted: str) -> Any:
-    """The type hint of a dotted TrialConfig field (``"optim.lr"`` -> ``float``); raises
-    ``KeyError`` with the fields allowed at the first part that does not exist."""
-    hint: Any = TrialConfig
-    walked: list[str] = []
-    for part in dotted.split("."):
-        if not dataclasses.is_dataclass(hint):
-            raise KeyError(f"{'.'.join(walked)} is a value, not a section")
-        hints = typing.get_type_hints(hint)
-        if part not in hints:
-            where = ".".join(walked) or "the top level"
-            raise KeyError(f"fields in {where}: {', '.join(sorted(hints))}")
-        hint = _unwrap_optional(hints[part])
-        walked.append(part)
-    return hint
-
-
-def check_key(key: object, where: str) -> str:
-    """A dotted TrialConfig field name (or ``preset``); raises ``ConfigError(where, ...)``."""
-    if not isinstance(key, str) or not key:
-        raise ConfigError(where, key, "a dotted TrialConfig field name, e.g. optim.lr")
-    if key in RESERVED_KEYS:
-        raise ConfigError(where, key, "not name or seed (set per trial; use spec.seeds)")
-    if key == PRESET_KEY:
-        return key
-    try:
-        field_hint(key)
-    except KeyError as missing:
-        raise ConfigError(where, key, f"a dotted TrialConfig field; {missing.args[0]}") from None
-    return key
-
-
-def parse_number(value: object) -> object:
-    """``"1e-4"`` -> ``1e-4`` (PyYAML reads exponent floats without a dot as strings); anything
-    else is returned unchanged."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-def coerce_value(key: str, value: Any) -> Any:
-    """A user-supplied value for dotted field ``key`` with numeric strings of float fields (and
-    of list[float] fields) turned into floats; everything else unchanged (validated later)."""
-    if key == PRESET_KEY:
-        return value
-    try:
-        hint = field_hint(key)
-    except KeyError:
-        return value
-    if hint is float:
-        return parse_number(value)
-    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-        return {k: coerce_value(f"{key}.{k}", v) for k, v in value.items()}
-    if get_origin(hint) is list and get_args(hint)[0] is float and isinstance(value, list):
-        return [parse_number(v) for v in value]
-    return value
-
-
-def coerce_mapping(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """An inline (nested) TrialConfig mapping with numeric strings of float fields converted."""
-    return {k: coerce_value(f"{prefix}{k}", v) for k, v in raw.items()}
-
-
-def _plain(value: Any) -> Any:
-    """Tuples -> lists, recursively: the JSON shape of a value."""
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-# ---------------------------------------------------------------------------------------------
-# Axis
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Axis:
-    """One swept TrialConfig field. ``grid``: every value is a separate grid point; ``choice``:
-    sampled among ``values``; ``uniform`` / ``loguniform``: sampled in ``[low, high]``."""
-
-    key: str
-    kind: str
-    values: tuple[Any, ...] = ()
-    low: float | None = None
-    high: float | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.values, list):
-            object.__setattr__(self, "values", tuple(self.values))
-        for name in ("low", "high"):  # a range is continuous: sampled values are floats
-            value = getattr(self, name)
-            if isinstance(value, int) and not isinstance(value, bool):
-                object.__setattr__(self, name, float(value))
-
-    @property
-    def is_random(self) -> bool:
-        """Sampled by the searcher rather than expanded into the grid."""
-        return self.kind != "grid"
-
-    def corners(self) -> tuple[Any, ...]:
-        """The values validated before anything runs: every value, or ``low`` and ``high``."""
-        return self.values if self.kind in VALUE_KINDS else (self.low, self.high)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The YAML form ``{kind: [...]}`` (without the key)."""
-        if self.kind in RANGE_KINDS:
-            return {self.kind: [self.low, self.high]}
-        return {self.kind: _plain(list(self.values))}
-
-    @classmethod
-    def from_dict(cls, key: str, raw: object, where: str) -> Axis:
-        """Parse ``{grid: [...]}``, ``{choice: [...]}`` or ``{uniform|loguniform: [low, high]}``."""
-        allowed = "a mapping {KIND: [...]} with KIND one of " + ", ".join(AXIS_KINDS)
-        if not isinstance(raw, dict) or len(raw) != 1:
-            raise ConfigError(where, raw, allowed)
-        ((kind, body),) = raw.items()
-        if kind not in AXIS_KINDS:
-            raise ConfigError(f"{where}.kind", kind, "one of " + ", ".join(AXIS_KINDS))
-        if kind in VALUE_KINDS:
-            if not isinstance(body, list):
-                raise ConfigError(f"{where}.values", body, f"a non-empty list of {key} values")
-            return cls(key=key, kind=kind, values=tuple(coerce_value(key, v) for v in body))
-        if not isinstance(body, list) or len(body) != 2:
-            raise ConfigError(where, body, f"[low, high] for a {kind} axis")
-        low, high = (parse_number(v) for v in body)
-        return cls(key=key, kind=kind, low=low, high=high)  # type: ignore[arg-type]
-
-
-def _naming_axis(error: ConfigError, key: object) -> ConfigError:
-    """``error`` with the axis key appended to its message unless it already names it."""
-    if isinstance(key, str) and key in str(error):
-        return error
-    return ConfigError(error.field, error.value, f"{error.allowed} (axis {key})")
-
-
-def _check_axis(axis: object, where: str) -> None:
-    if not isinstance(axis, Axis):
-        raise ConfigError(where, axis, "an Axis")
-    check_key(axis.key, f"{where}.key")
-    try:
-        if axis.kind not in AXIS_KINDS:
-            raise ConfigError(f"{where}.kind", axis.kind, "one of " + ", ".join(AXIS_KINDS))
-        if axis.kind in VALUE_KINDS:
-            _check_value_axis(axis, where)
-        else:
-            _check_range_axis(axis, where)
-    except ConfigError as error:
-        raise _naming_axis(error, axis.key) from None
-
-
-def _check_value_axis(axis: Axis, where: str) -> None:
-    if not isinstance(axis.values, tuple) or not axis.values:
-        raise ConfigError(f"{where}.values", axis.values, f"a non-empty list of {axis.key} values")
-    if axis.low is not None or axis.high is not None:
-        raise ConfigError(f"{where}.low", axis.low, f"null for a {axis.kind} axis (use values)")
-    for i, value in enumerate(axis.values):
-        if value in axis.values[:i]:
-            raise ConfigError(f"{where}.values", list(axis.values), "distinct values")
-    if axis.key == PRESET_KEY:
-        for value in axis.values:
-            if value not in TRIAL_PRESETS:
-                raise ConfigError(
-                    f"{where}.values", value, "trial preset names: " + ", ".join(TRIAL_PRESETS)
-                )
-
-
-def _check_range_axis(axis: Axis, where: str) -> None:
-    if axis.key == PRESET_KEY:
-        raise ConfigError(f"{where}.kind", axis.kind, "grid or choice for the preset axis")
-    if axis.values:
-        raise ConfigError(f"{where}.values", axis.values, f"empty for a {axis.kind} axis")
-    for name in ("low", "high"):
-        value = getattr(axis, name)
-        if not _is_number(value):
-            raise ConfigError(f"{where}.{name}", value, "a finite number")
-    if axis.kind == "loguniform" and axis.low <= 0:  # type: ignore[operator]
-        raise ConfigError(f"{where}.low", axis.low, "a number > 0 for a loguniform axis")
-    if axis.low >= axis.high:  # type: ignore[operator]
-        raise ConfigError(f"{where}.low", axis.low, f"a number < high={axis.high}")
-
-
-# ---------------------------------------------------------------------------------------------
-# SweepSpec
-# ---------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -368,7 +161,7 @@ class SweepSpec:
         if not isinstance(self.axes, tuple):
             raise ConfigError("spec.axes", self.axes, "a list of axes")
         for i, axis in enumerate(self.axes):
-            _check_axis(axis, f"spec.axes[{i}]")
+            check_axis(axis, f"spec.axes[{i}]")
             earlier = [a.key for a in self.axes[:i]]
             if axis.key in earlier:
                 raise ConfigError(f"spec.axes[{i}].key", axis.key, "a key not already swept")
@@ -384,7 +177,7 @@ class SweepSpec:
         if not isinstance(seeds, tuple) or not seeds:
             raise ConfigError("spec.seeds", seeds, "a non-empty list of integers >= 0")
         for seed in seeds:
-            if not _is_int(seed) or seed < 0:
+            if not is_int(seed) or seed < 0:
                 raise ConfigError("spec.seeds", list(seeds), "a non-empty list of integers >= 0")
         if len(set(seeds)) != len(seeds):
             raise ConfigError("spec.seeds", list(seeds), "distinct seeds")
@@ -401,13 +194,13 @@ class SweepSpec:
                     )
 
     def _check_resources(self) -> None:
-        if not _is_number(self.cpus_per_trial) or self.cpus_per_trial <= 0:
+        if not is_number(self.cpus_per_trial) or self.cpus_per_trial <= 0:
             raise ConfigError("spec.resources.cpus_per_trial", self.cpus_per_trial, "a number > 0")
-        if not _is_number(self.gpus_per_trial) or self.gpus_per_trial < 0:
+        if not is_number(self.gpus_per_trial) or self.gpus_per_trial < 0:
             raise ConfigError("spec.resources.gpus_per_trial", self.gpus_per_trial, "a number >= 0")
 
     def _check_search(self) -> None:
-        if not _is_int(self.num_samples) or self.num_samples < 1:
+        if not is_int(self.num_samples) or self.num_samples < 1:
             raise ConfigError("spec.num_samples", self.num_samples, "an integer >= 1")
         if self.search not in SEARCH_KINDS:
             raise ConfigError("spec.search", self.search, "one of " + ", ".join(SEARCH_KINDS))
@@ -427,7 +220,7 @@ class SweepSpec:
             )
 
     def _check_optuna_search(self) -> None:
-        if not _is_int(self.budget) or self.budget < 1:
+        if not is_int(self.budget) or self.budget < 1:
             raise ConfigError("spec.budget", self.budget, "an integer >= 1 for search='optuna'")
         for i, axis in enumerate(self.axes):
             if not axis.is_random:
@@ -491,19 +284,41 @@ class SweepSpec:
         sets = [dict(zip(keys, combo, strict=True)) for combo in combos]
         return sets + [dict(p) for p in self.points]
 
-    def grid_overrides(self) -> list[dict[str, Any]]:
-        """Every grid combination, then every point, each once per seed (seed innermost); each
-        dict holds ``name`` (``f"{spec.name}-{i:04d}"``), ``seed`` and the dotted overrides."""
-        out: list[dict[str, Any]] = []
+    @cached_property
+    def _distinct_override_sets(self) -> tuple[dict[str, Any], ...]:
+        """The override sets whose trial configs differ, first occurrence kept: a point that
+        repeats a grid combination (e.g. the base preset's own values) would run the same trial
+        twice. Sets overriding different random axes are distinct (different sampling)."""
+        random_keys = {axis.key for axis in self.random_axes()}
+        kept: list[dict[str, Any]] = []
+        seen: set[tuple[str, frozenset[str]]] = set()
         for overrides in self._override_sets():
+            config = self.trial_config({**overrides, "seed": self.seeds[0]}).to_dict()
+            del config["name"]
+            sampled_here = frozenset(random_keys & overrides.keys())
+            identity = (json.dumps(config, sort_keys=True), sampled_here)
+            if identity not in seen:
+                seen.add(identity)
+                kept.append(overrides)
+        return tuple(kept)
+
+    def n_duplicates(self) -> int:
+        """Override sets dropped because an earlier one gives the same trial config."""
+        return len(self._override_sets()) - len(self._distinct_override_sets)
+
+    def grid_overrides(self) -> list[dict[str, Any]]:
+        """Every distinct grid combination, then every distinct point, each once per seed (seed
+        innermost); each dict holds ``name`` (``f"{spec.name}-{i:04d}"``), ``seed`` and the
+        dotted overrides."""
+        out: list[dict[str, Any]] = []
+        for overrides in self._distinct_override_sets:
             for seed in self.seeds:
                 out.append({"name": f"{self.name}-{len(out):04d}", "seed": seed, **overrides})
         return out
 
     def n_grid_points(self) -> int:
         """``len(grid_overrides())`` without expanding it."""
-        n_sets = math.prod(len(a.values) for a in self.grid_axes()) + len(self.points)
-        return n_sets * len(self.seeds)
+        return len(self._distinct_override_sets) * len(self.seeds)
 
     def n_trials(self) -> int:
         """Trials the sweep runs: grid points x ``num_samples``, or ``budget`` for Optuna."""
@@ -541,11 +356,11 @@ class SweepSpec:
             "description": self.description,
             "base": self.base.to_dict(),
             "base_preset": self.base_preset,
-            "set": _plain(dict(self.base_overrides)),
+            "set": plain(dict(self.base_overrides)),
             "axes": {axis.key: axis.to_dict() for axis in self.axes},
             "seeds": list(self.seeds),
             "num_samples": self.num_samples,
-            "points": [_plain(dict(p)) for p in self.points],
+            "points": [plain(dict(p)) for p in self.points],
             "search": self.search,
             "budget": self.budget,
             "resources": {
@@ -578,10 +393,10 @@ class SweepSpec:
             base=base,
             base_preset=base_preset,
             base_overrides=base_overrides,
-            axes=_parse_axes(data.get("axes")),
-            seeds=_parse_list(data.get("seeds", [0]), "spec.seeds", "a list of integers >= 0"),
+            axes=parse_axes(data.get("axes")),
+            seeds=parse_seeds(data.get("seeds", [0])),
             num_samples=data.get("num_samples", 1),
-            points=_parse_points(data.get("points")),
+            points=parse_points(data.get("points")),
             search=data.get("search", "grid"),
             budget=data.get("budget"),
             cpus_per_trial=cpus,
@@ -601,12 +416,16 @@ def _parse_list(value: object, where: str, allowed: str) -> tuple[Any, ...]:
     return tuple(value)
 
 
+def parse_seeds(raw: object) -> tuple[Any, ...]:
+    return _parse_list(raw, "spec.seeds", "a list of integers >= 0")
+
+
 def _parse_set(raw: object) -> dict[str, Any]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
         raise ConfigError("spec.set", raw, "a mapping of dotted overrides, e.g. {steps: 500}")
-    return {check_key(k, "spec.set"): coerce_value(k, v) for k, v in raw.items()}
+    return {check_key(k, "spec.set"): coerce_override(k, v) for k, v in raw.items()}
 
 
 def _parse_base(data: dict[str, Any], overrides: dict[str, Any]) -> tuple[TrialConfig, str | None]:
@@ -623,13 +442,13 @@ def _parse_base(data: dict[str, Any], overrides: dict[str, Any]) -> tuple[TrialC
             raise ConfigError(
                 "spec.base_preset", base_preset, "null or one of " + ", ".join(TRIAL_PRESETS)
             )
-        return TrialConfig.from_dict(coerce_mapping(raw)).with_overrides(overrides), base_preset
+        return TrialConfig.from_dict(raw).with_overrides(overrides), base_preset
     raise ConfigError(
         "spec.base", raw, "a trial preset name (`signlock presets`) or a mapping of trial fields"
     )
 
 
-def _parse_axes(raw: object) -> tuple[Axis, ...]:
+def parse_axes(raw: object) -> tuple[Axis, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, dict):
@@ -641,11 +460,11 @@ def _parse_axes(raw: object) -> tuple[Axis, ...]:
         try:
             axes.append(Axis.from_dict(key, body, where))
         except ConfigError as error:
-            raise _naming_axis(error, key) from None
+            raise naming_axis(error, key) from None
     return tuple(axes)
 
 
-def _parse_points(raw: object) -> tuple[dict[str, Any], ...]:
+def parse_points(raw: object) -> tuple[dict[str, Any], ...]:
     if raw is None:
         return ()
     points = _parse_list(raw, "spec.points", "a list of mappings of dotted overrides")
@@ -654,7 +473,7 @@ def _parse_points(raw: object) -> tuple[dict[str, Any], ...]:
         if not isinstance(point, dict):
             raise ConfigError(f"spec.points[{j}]", point, "a mapping of dotted overrides")
         parsed.append(
-            {check_key(k, f"spec.points[{j}]"): coerce_value(k, v) for k, v in point.items()}
+            {check_key(k, f"spec.points[{j}]"): coerce_override(k, v) for k, v in point.items()}
         )
     return tuple(parsed)
 
@@ -670,121 +489,15 @@ def _parse_resources(raw: object) -> tuple[Any, Any]:
                 f"spec.resources.{key}", raw[key], "unknown; allowed: " + ", ".join(RESOURCE_FIELDS)
             )
     return (
-        parse_number(raw.get("cpus_per_trial", 1.0)),
-        parse_number(raw.get("gpus_per_trial", 0.0)),
+        number_or_raw(raw.get("cpus_per_trial", 1.0)),
+        number_or_raw(raw.get("gpus_per_trial", 0.0)),
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# Loading
-# ---------------------------------------------------------------------------------------------
+def number_or_raw(value: object) -> object:
+    """A number or numeric string as a float (PyYAML reads ``1e-4`` as a string), else as is."""
+    number = parse_float(value)
+    return value if number is None else number
 
 
-def _check_unique_keys(node: Any, path: str) -> None:
-    """Reject duplicate mapping keys in a composed YAML node tree (PyYAML keeps the last)."""
-    import yaml
-
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key_node, value_node in node.value:
-            key = key_node.value
-            if key in seen:
-                line = key_node.start_mark.line + 1
-                raise ConfigError(path, key, f"keys that appear once (duplicate on line {line})")
-            seen.add(key)
-            _check_unique_keys(value_node, f"{path}.{key}")
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _check_unique_keys(item, f"{path}[{i}]")
-
-
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ConfigError("spec", key, "keys that appear once in each JSON object")
-        out[key] = value
-    return out
-
-
-def read_spec_file(path: str | Path) -> dict[str, Any]:
-    """The raw mapping of a ``.json`` or YAML spec file (duplicate keys are an error)."""
-    import yaml
-
-    path = Path(path)
-    text = path.read_text()
-    try:
-        if path.suffix == ".json":
-            raw = json.loads(text, object_pairs_hook=_reject_duplicates)
-        else:
-            _check_unique_keys(yaml.compose(text, Loader=yaml.SafeLoader), "spec")
-            raw = yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as error:
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ConfigError("spec", str(path), f"valid YAML/JSON ({first})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError("spec", str(path), "a file holding a mapping of sweep fields")
-    return raw
-
-
-def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """``raw`` with command-line overrides: ``spec.FIELD`` (or ``spec.resources.X``) replaces a
-    sweep field; any other key is a dotted trial override merged into ``set``."""
-    raw = dict(raw)
-    merged_set = dict(raw.get("set") or {})
-    for key, value in overrides.items():
-        if not isinstance(key, str) or not key:
-            raise ConfigError("overrides", key, "dotted keys")
-        if key.startswith("spec."):
-            _set_spec_field(raw, key, value)
-        else:
-            merged_set[key] = value
-    if merged_set:
-        raw["set"] = merged_set
-    return raw
-
-
-def _set_spec_field(raw: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")[1:]
-    if parts[0] not in SPEC_FIELDS or (len(parts) > 1 and parts[0] != "resources"):
-        raise ConfigError(key, value, "spec.FIELD with FIELD one of " + ", ".join(SPEC_FIELDS))
-    if len(parts) == 1:
-        raw[parts[0]] = value
-        return
-    if len(parts) != 2:
-        raise ConfigError(key, value, "spec.resources.cpus_per_trial or .gpus_per_trial")
-    raw["resources"] = {**(raw.get("resources") or {}), parts[1]: value}
-
-
-def load_spec(preset_or_path: str, overrides: dict[str, Any] | None = None) -> SweepSpec:
-    """A sweep preset (``signlock.search_spaces.sweeps``) or a YAML/JSON spec file, with optional
-    ``overrides`` (see :func:`apply_overrides`), validated."""
-    from signlock.search_spaces.sweeps import SWEEP_PRESETS, sweep_preset
-
-    if preset_or_path in SWEEP_PRESETS:
-        raw = sweep_preset(preset_or_path).to_dict()
-    elif Path(preset_or_path).is_file():
-        raw = read_spec_file(preset_or_path)
-    else:
-        raise ConfigError(
-            "spec",
-            preset_or_path,
-            f"a sweep preset ({', '.join(SWEEP_PRESETS)}) or a YAML file",
-        )
-    if overrides:
-        raw = apply_overrides(raw, overrides)
-    return SweepSpec.from_dict(raw)
-
-
-__all__ = [
-    "AXIS_KINDS",
-    "PRESET_KEY",
-    "SEARCH_KINDS",
-    "Axis",
-    "SweepSpec",
-    "apply_overrides",
-    "check_key",
-    "field_hint",
-    "load_spec",
-    "read_spec_file",
-]
+__all__ = ["AXIS_KINDS", "SEARCH_KINDS", "SPEC_FIELDS", "Axis", "SweepSpec"]

@@ -51,7 +51,7 @@ BASELINE_POINT: dict[str, Any] = {
 SMOKE_RUN: dict[str, Any] = {
     "steps": 100,
     "log_every": 20,
-    "eval_every": 50,
+    "eval_every": 40,
     "checkpoint_every": None,
     "threads": 1,
     "data.dataset": "synthetic",

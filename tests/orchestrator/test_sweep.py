@@ -16,7 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from signlock.orchestrator.status import sweep_status
-from signlock.search_spaces.spec import load_spec
+from signlock.search_spaces.files import load_spec
 from signlock.trainables.trainer import run_trial
 
 

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
+from signlock.search_spaces.files import load_spec
 from signlock.search_spaces.presets import trial_preset
-from signlock.search_spaces.spec import AXIS_KINDS, Axis, SweepSpec, load_spec
+from signlock.search_spaces.spec import AXIS_KINDS, Axis, SweepSpec
 from signlock.search_spaces.sweeps import SWEEP_PRESETS, sweep_preset
 from signlock.trainables.errors import ConfigError
 
