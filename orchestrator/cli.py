@@ -1,50 +1,40 @@
 """The ``signlock`` command line.
 
-User errors (``SignlockError``) print one line, ``signlock: error: …``, and exit with status 2;
-anything else keeps its traceback. Ray, MLflow and Optuna are imported only by the commands that
-use them, so ``train``/``plan`` start fast and bad input fails before any of them starts.
+User errors (``UsageError``: a bad value, a missing file) print one line, ``signlock: error: …``,
+and exit with status 2 before any work starts; other signlock errors (a diverged run, a failed
+download) print one line and exit with 1; anything else keeps its traceback. Ray, MLflow and
+Optuna are imported only by the commands that use them, so ``train``/``plan`` start fast and bad
+input fails before any of them starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from signlock.search_spaces.overrides import parse_assignments
 from signlock.search_spaces.presets import TRIAL_PRESETS, trial_preset
 from signlock.trainables.config import TrialConfig
-from signlock.trainables.errors import ConfigError, SignlockError
+from signlock.trainables.errors import ConfigError, InputNotFoundError, SignlockError, UsageError
 
 DEFAULT_RUNS_DIR = Path("signlock-runs")
 DEFAULT_SWEEPS_DIR = DEFAULT_RUNS_DIR / "sweeps"
 
 
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``["optim.lr=1e-3", "init.targets=[a, b]"]`` → dotted overrides, values parsed as YAML."""
-    overrides: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError("--set", pair, "KEY=VALUE with a dotted key, e.g. optim.lr=1e-3")
-        overrides[key.strip()] = yaml.safe_load(raw)
-    return overrides
-
-
 def load_trial_config(args: argparse.Namespace) -> TrialConfig:
     if (args.config is None) == (args.preset is None):
         raise ConfigError("--config/--preset", None, "exactly one of --config FILE, --preset NAME")
+    overrides = parse_assignments(args.set)
     if args.preset is not None:
         cfg = trial_preset(args.preset)
+    elif not Path(args.config).is_file():
+        raise InputNotFoundError(args.config)
     else:
-        path = Path(args.config)
-        if not path.is_file():
-            raise ConfigError("--config", str(path), "an existing .json or .yaml file")
-        cfg = TrialConfig.from_file(path)
-    overrides = parse_overrides(args.set)
+        cfg = TrialConfig.from_file(args.config)
     if args.steps is not None:
         overrides["steps"] = args.steps
     return cfg.with_overrides(overrides) if overrides else cfg
@@ -55,23 +45,35 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_trial_config(args)
     run_dir = Path(args.run_dir) if args.run_dir else DEFAULT_RUNS_DIR / cfg.name
-    summary = run_trial(cfg, run_dir, resume=not args.no_resume, progress=not args.quiet)
+
+    def say_resumed(step: int) -> None:
+        print(f"resuming {run_dir} from step {step}", file=sys.stderr)
+
+    summary = run_trial(
+        cfg, run_dir, resume=not args.no_resume, progress=not args.quiet, on_resume=say_resumed
+    )
     print(json.dumps(summary, indent=2, sort_keys=True))
     print(f"run directory: {run_dir}", file=sys.stderr)
     return 0
 
 
+def preset_summary(factory: Any) -> str:
+    """The first sentence of a preset's docstring on one line (a closing colon becomes a stop)."""
+    text = " ".join((factory.__doc__ or "").split()).replace("``", "")
+    end = re.search(r"[.:](\s|$)", text)
+    return text[: end.start()] + "." if end else text
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from signlock.search_spaces.sweeps import SWEEP_PRESETS
 
-    print("trial presets (signlock train --preset NAME):")
-    for name, factory in TRIAL_PRESETS.items():
-        doc = (factory.__doc__ or "").strip().splitlines()
-        print(f"  {name:24s} {doc[0] if doc else ''}")
-    print("sweep presets (signlock sweep NAME):")
-    for name, factory in SWEEP_PRESETS.items():
-        doc = (factory.__doc__ or "").strip().splitlines()
-        print(f"  {name:24s} {doc[0] if doc else ''}")
+    for title, presets in (
+        ("trial presets (signlock train --preset NAME):", TRIAL_PRESETS),
+        ("sweep presets (signlock sweep NAME):", SWEEP_PRESETS),
+    ):
+        print(title)
+        for name, factory in presets.items():
+            print(f"  {name:26s} {preset_summary(factory)}")
     return 0
 
 
@@ -98,10 +100,9 @@ def _sweep_options(args: argparse.Namespace, **extra: Any) -> Any:
 
 
 def _load_spec(args: argparse.Namespace) -> Any:
-    from signlock.search_spaces.spec import load_spec
+    from signlock.search_spaces.files import load_spec
 
-    overrides = parse_overrides(args.set)
-    return load_spec(args.spec, overrides or None)
+    return load_spec(args.spec, parse_assignments(args.set) or None)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -334,9 +335,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except SignlockError as error:
+    except UsageError as error:
         print(f"signlock: error: {error}", file=sys.stderr)
         return 2
+    except SignlockError as error:
+        print(f"signlock: error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

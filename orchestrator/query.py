@@ -39,7 +39,9 @@ _PREFIXES = {"params.", "metrics.", "tags.", "attributes."}
 
 def parse_filter(text: str) -> list[tuple[str, str, object]]:
     """``"params.a_init > 0.01 and metrics.val_ppl < 5"`` → [(column, op, value), …]."""
-    clauses = []
+    clauses: list[tuple[str, str, object]] = []
+    if not text.strip():
+        return clauses
     for part in re.split(r"\s+and\s+", text.strip(), flags=re.IGNORECASE):
         match = _CLAUSE.match(part)
         if match is None:
@@ -102,19 +104,14 @@ def search_runs(
     mlflow_filter: str | None = None,
     include_sweeps: bool = False,
 ) -> pd.DataFrame:
-    """Runs of ``experiment`` (trial runs only unless ``include_sweeps``), filtered."""
-    import mlflow
+    """Runs of ``experiment`` (trial runs only unless ``include_sweeps``), filtered. The filter
+    is parsed before the store is opened; a missing local store is an error, never created."""
+    from signlock.orchestrator import tracking
 
-    mlflow.set_tracking_uri(tracking_uri)
-    if mlflow.get_experiment_by_name(experiment) is None:
-        raise ConfigError("--experiment", experiment, f"an experiment in {tracking_uri}")
-    runs = mlflow.search_runs(
-        experiment_names=[experiment],
-        filter_string=mlflow_filter or "",
-        output_format="pandas",
-    )
-    if not include_sweeps and "tags.signlock.kind" in runs.columns:
-        runs = runs[runs["tags.signlock.kind"] == "trial"].dropna(axis="columns", how="all")
+    parse_filter(filter_text or "")
+    runs = tracking.search_runs_frame(tracking_uri, experiment, mlflow_filter or "")
+    if not include_sweeps and tracking.KIND_COLUMN in runs.columns:
+        runs = runs[runs[tracking.KIND_COLUMN] == "trial"].dropna(axis="columns", how="all")
     return apply_filter(runs, filter_text).reset_index(drop=True)
 
 

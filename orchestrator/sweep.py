@@ -16,11 +16,13 @@ run per trial (see :mod:`signlock.orchestrator.tracking`).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from signlock.orchestrator.status import sweep_status
 from signlock.orchestrator.trainable import FaultInjection, SweepContext, signlock_trainable
 from signlock.search_spaces.spec import SweepSpec
 from signlock.trainables.errors import ConfigError
+from signlock.trainables.schema import FLIP_OBJECTIVE, RESULT_METRICS, validation_objective
 
 SWEEP_FILE = "signlock-sweep.json"
 DEFAULT_EXPERIMENT = "signlock"
@@ -51,7 +54,6 @@ class SweepOptions:
     gpus_per_trial: float | None = None
     max_failures: int = 2
     checkpoint_every: int | None = None  # None: the trial's own, else ~10 per trial
-    checkpoint_keep: int = 2
     faults: tuple[FaultInjection, ...] = field(default_factory=tuple)
     progress: bool = True
     verbose: bool = False
@@ -83,10 +85,7 @@ def storage_path(value: str) -> Path:
 
 def with_search(spec: SweepSpec, search: str, budget: int | None) -> SweepSpec:
     """The spec with ``--search``/``--budget`` applied, validated like a spec file."""
-    data = {**spec.to_dict(), "search": search}
-    if budget is not None:
-        data["budget"] = budget
-    return SweepSpec.from_dict(data)
+    return replace(spec, search=search, budget=spec.budget if budget is None else budget)
 
 
 CHECKPOINTS_PER_TRIAL = 10
@@ -101,9 +100,11 @@ def with_checkpoints(spec: SweepSpec, every: int | None) -> SweepSpec:
     if every is None:
         logs_per_checkpoint = max(1, base.steps // (CHECKPOINTS_PER_TRIAL * base.log_every))
         every = logs_per_checkpoint * base.log_every
-    data = spec.to_dict()
-    data["set"] = {**data["set"], "checkpoint_every": every}
-    return SweepSpec.from_dict(data)
+    return replace(
+        spec,
+        base=base.with_overrides({"checkpoint_every": every}),
+        base_overrides={**spec.base_overrides, "checkpoint_every": every},
+    )
 
 
 # ---- building the Tuner -------------------------------------------------------------------
@@ -125,8 +126,7 @@ def _search_space(spec: SweepSpec) -> dict[str, Any]:
 
 def _objectives(spec: SweepSpec) -> tuple[list[str], list[str]]:
     """Multi-objective Optuna targets: the validation metric and flip_mean, both minimised."""
-    val_metric = "val_error" if spec.base.model.kind == "mlp" else "val_ppl"
-    return [val_metric, "flip_mean"], ["min", "min"]
+    return [validation_objective(spec.base.model.kind), FLIP_OBJECTIVE], ["min", "min"]
 
 
 def _searcher(spec: SweepSpec, seed: int) -> Any:
@@ -170,27 +170,68 @@ def _run_config(name: str, storage: Path, options: SweepOptions, n_trials: int, 
         name=name,
         storage_path=str(storage),
         failure_config=tune.FailureConfig(max_failures=options.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=options.checkpoint_keep),
+        # Tune keeps only small step markers (the weights stay in the run directory), so all are
+        # kept: num_to_keep would force an experiment snapshot every few trial checkpoints.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
         callbacks=[SweepProgress(n_trials, steps, enabled=options.progress)],
         verbose=1 if options.verbose else 0,
     )
 
 
+LOCAL_RAY = "local"  # ray.init's address that always starts a new cluster owned by this process
+RAY_LOG = "ray.log"
+
+
 def _init_ray(options: SweepOptions) -> None:
-    """Connect to ``--address`` or start a local Ray using every core of this machine; Ray sets
-    each trial's OMP_NUM_THREADS (torch's thread count) to its ``cpus_per_trial``."""
+    """Attach to ``--address`` (``auto``, ``HOST:PORT``, ``ray://…``) or start this process's own
+    local Ray using every core of this machine — never a cluster someone else started here. Ray
+    sets each trial's OMP_NUM_THREADS (torch's thread count) to its ``cpus_per_trial``."""
     import ray
 
     if ray.is_initialized():
         return
     env_vars = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIX)}
     ray.init(
-        address=options.address,
+        address=options.address or LOCAL_RAY,
         include_dashboard=False,
         log_to_driver=options.verbose,
         runtime_env={"env_vars": env_vars} if env_vars else None,
         configure_logging=options.verbose,
     )
+
+
+def _send_ray_logs_to(path: Path) -> None:
+    """Ray's and Tune's own log records (the ``ray`` logger tree) go to ``path`` instead of the
+    terminal, so the terminal shows signlock's progress and results (``--verbose`` keeps Ray's
+    output there). Call after importing ray, which installs its terminal handler."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    ray_logger = logging.getLogger("ray")
+    for old in list(ray_logger.handlers):
+        ray_logger.removeHandler(old)
+        if isinstance(old, logging.FileHandler):  # a previous sweep's log in this process
+            old.close()
+    ray_logger.addHandler(handler)
+    ray_logger.propagate = False
+
+
+@contextlib.contextmanager
+def _stderr_to(path: Path, *, enabled: bool) -> Iterator[None]:
+    """File descriptor 2 points at ``path`` inside the block (child processes started there keep
+    it), so what Ray's processes print does not reach the terminal."""
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with path.open("a") as log:
+            os.dup2(log.fileno(), 2)
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 # ---- launch / resume ----------------------------------------------------------------------
@@ -253,6 +294,12 @@ def launch_sweep(
             f"`signlock resume {sweep_name}` continues it)",
         )
     n_trials = spec.n_trials()
+    if spec.n_duplicates():
+        print(
+            f"dropped {spec.n_duplicates()} duplicate trial configurations of {spec.name} "
+            "(points repeating an earlier one)",
+            file=sys.stderr,
+        )
     client, experiment_id = _mlflow_experiment(options)
     parent_run_id = tracking.create_sweep_run(
         client, experiment_id, sweep_name, _sweep_params(spec, n_trials), {}
@@ -330,7 +377,12 @@ def _fit(
 
     resources = record["resources"]
     trainable = _trainable(context, resources)
-    _init_ray(options)
+    ray_log = Path(context.sweep_dir) / RAY_LOG
+    quiet = not options.verbose
+    if quiet:
+        _send_ray_logs_to(ray_log)
+    with _stderr_to(ray_log, enabled=quiet):  # Ray's daemons inherit it and write there too
+        _init_ray(options)
     steps = spec.base.steps
     if restore is None:
         tuner = tune.Tuner(
@@ -350,13 +402,12 @@ def _fit(
         )
     else:
         tuner = tune.Tuner.restore(trainable=trainable, **restore)
-    results = tuner.fit()
+    with ray_log.open("a") as log, contextlib.redirect_stdout(log if quiet else sys.stdout):
+        results = tuner.fit()  # Tune prints its experiment box and hints on stdout
     return finalize_sweep(spec, context, results)
 
 
 # ---- results ------------------------------------------------------------------------------
-
-RESULT_COLUMNS = ("val_ppl", "val_error", "flip_mean", "final_flip_ratio", "h_hat", "g_hat")
 
 
 def _result_row(result: Any) -> dict[str, Any]:
@@ -368,7 +419,7 @@ def _result_row(result: Any) -> dict[str, Any]:
         "status": "ERROR" if result.error is not None else "TERMINATED",
         "step": metrics.get("step"),
     }
-    row.update({key: metrics.get(key, math.nan) for key in RESULT_COLUMNS})
+    row.update({key: metrics.get(key, math.nan) for key in RESULT_METRICS})
     sampled = {k: v for k, v in (result.config or {}).items() if k != "overrides"}
     row.update({f"config.{key}": value for key, value in sampled.items()})
     if result.error is not None:

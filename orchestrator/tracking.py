@@ -19,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
@@ -29,6 +30,10 @@ TAG_TRIAL_ID = "signlock.trial_id"  # Ray Tune's id of the latest attempt (resta
 TAG_ERROR = "signlock.error"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
+# MLflow 3's UI opens an experiment by its kind; signlock's are model-training experiments.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+KIND_COLUMN = f"tags.{TAG_KIND}"
 PARAM_VALUE_LIMIT = 6000  # MLflow's limit on a param value's length
 BATCH_LIMIT = 1000  # metrics per log_batch call (MLflow allows 1000)
 PACKAGES = ("signlock", "torch", "ray", "mlflow", "optuna", "pandas", "pyarrow", "submitit")
@@ -118,9 +123,13 @@ def get_or_create_experiment(client: MlflowClient, name: str, artifact_root: str
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment.experiment_id)
+        if TAG_EXPERIMENT_KIND not in experiment.tags:
+            experiment_id = experiment.experiment_id
+            client.set_experiment_tag(experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
         return experiment.experiment_id
     location = f"{artifact_root}/{name}" if artifact_root else None
-    return client.create_experiment(name, artifact_location=location)
+    tags = {TAG_EXPERIMENT_KIND: EXPERIMENT_KIND}
+    return client.create_experiment(name, artifact_location=location, tags=tags)
 
 
 def _log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> None:
@@ -267,3 +276,66 @@ def close_sweep_run(
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in counts.items()])
     status = "KILLED" if n_unfinished else "FAILED" if n_errors else "FINISHED"
     client.set_terminated(run_id, status=status)
+
+
+def local_store_path(tracking_uri: str) -> Path | None:
+    """The file or directory of a local store (sqlite, file store); None for servers."""
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri.removeprefix("sqlite:///"))
+    if tracking_uri.startswith("file:"):
+        return Path(tracking_uri.removeprefix("file://").removeprefix("file:"))
+    return None
+
+
+def open_existing_store(tracking_uri: str) -> MlflowClient:
+    """A client of a store that must already exist: read-only commands never create one."""
+    from signlock.trainables.errors import InputNotFoundError
+
+    path = local_store_path(tracking_uri)
+    if path is not None and not path.exists():
+        raise InputNotFoundError(f"no MLflow store at {path}")
+    return MlflowClient(tracking_uri)
+
+
+def search_runs_frame(tracking_uri: str, experiment: str, mlflow_filter: str) -> pd.DataFrame:
+    """Every run of ``experiment`` matching ``mlflow_filter`` as one row: ``run_id``,
+    ``status``, ``start_time``, ``end_time``, then ``params.*``, ``metrics.*`` (latest values)
+    and ``tags.*`` columns, like ``mlflow.search_runs`` but through an explicit client."""
+    from mlflow.exceptions import MlflowException
+
+    from signlock.trainables.errors import ConfigError
+
+    client = open_existing_store(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise ConfigError("--experiment", experiment, f"an experiment in {tracking_uri}")
+    rows: list[dict[str, Any]] = []
+    token = None
+    try:
+        while True:
+            page = client.search_runs(
+                [found.experiment_id], mlflow_filter, max_results=1000, page_token=token
+            )
+            rows.extend(_run_row(run) for run in page)
+            token = page.token
+            if not token:
+                break
+    except MlflowException as error:
+        first = str(error.message).splitlines()[0]
+        raise ConfigError("--mlflow-filter", mlflow_filter, f"an MLflow filter ({first})") from None
+    return pd.DataFrame(rows)
+
+
+def _run_row(run: Any) -> dict[str, Any]:
+    info = run.info
+    row: dict[str, Any] = {
+        "run_id": info.run_id,
+        "experiment_id": info.experiment_id,
+        "status": info.status,
+        "start_time": pd.to_datetime(info.start_time, unit="ms", utc=True),
+        "end_time": pd.to_datetime(info.end_time, unit="ms", utc=True) if info.end_time else None,
+    }
+    row.update({f"params.{k}": v for k, v in run.data.params.items()})
+    row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
+    row.update({f"tags.{k}": v for k, v in run.data.tags.items()})
+    return row

@@ -12,10 +12,12 @@ with a shared filesystem such as SLURM home/scratch)::
 spec name plus a hash of the sampled values. Unlike Tune's trial id it survives
 ``restart_errored``, so a restarted trial keeps its run directory and its MLflow run.
 
-Checkpoints: the trial writes ``checkpoints/latest.pt`` every ``checkpoint_every`` steps and the
-same file is reported to Tune, so ``FailureConfig(max_failures)`` and ``Tuner.restore`` can resume
-it. On a restart the newer of the run directory's and Tune's checkpoint is used; when Tune hands
-over none (a first start, or ``restart_errored``) the trial starts from scratch.
+Checkpoints: the trial writes ``checkpoints/latest.pt`` every ``checkpoint_every`` steps into its
+run directory (on the sweep's shared filesystem) and reports a Tune checkpoint holding only its
+step marker (``latest.json``), so ``FailureConfig(max_failures)`` and ``Tuner.restore`` know it can
+be resumed without Tune copying the weights. On a restart the run directory's checkpoint is used
+when Tune hands over a marker; when Tune hands over none (a first start, or ``restart_errored``)
+the trial starts from scratch.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import functools
 import hashlib
 import json
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -40,6 +41,7 @@ from signlock.orchestrator.tracking import TrialRun, finite_metrics, flatten_par
 from signlock.search_spaces.spec import SweepSpec
 from signlock.trainables.config import TrialConfig
 from signlock.trainables.errors import ConfigError, TrainingDivergedError
+from signlock.trainables.schema import FLIP_OBJECTIVE, VALIDATION_METRICS
 from signlock.trainables.trainer import CHECKPOINT_NAME, Trial, checkpoint_step
 
 DIVERGED_MARKER = "diverged.json"
@@ -112,31 +114,19 @@ def resolve_trial_config(context: SweepContext, config: dict[str, Any]) -> Trial
 
 
 def _adopt_checkpoint(run_dir: Path) -> int:
-    """Make ``run_dir`` hold the newest usable checkpoint; returns its step (-1: start fresh)."""
+    """The step to resume ``run_dir`` from (-1: start fresh, removing a stale checkpoint)."""
     local = run_dir / "checkpoints" / CHECKPOINT_NAME
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
+    if tune.get_checkpoint() is None:
         for stale in (local, local.with_suffix(".json"), run_dir / DIVERGED_MARKER):
             stale.unlink(missing_ok=True)
         return -1
-    with checkpoint.as_directory() as directory:
-        reported = Path(directory) / CHECKPOINT_NAME
-        if checkpoint_step(reported) > checkpoint_step(local):
-            local.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(reported, local)
-            shutil.copy2(reported.with_suffix(".json"), local.with_suffix(".json"))
     return checkpoint_step(local)
 
 
 def _tune_checkpoint(saved: Path) -> tune.Checkpoint:
-    """A Tune checkpoint directory holding the trial checkpoint (``report`` copies it to storage).
-    Staged beside the run directory with hard links, so large checkpoints are not copied twice."""
+    """A Tune checkpoint directory holding the step marker of the trial checkpoint ``saved``."""
     staging = Path(tempfile.mkdtemp(prefix=".tune-checkpoint-", dir=saved.parent))
-    for source in (saved, saved.with_suffix(".json")):
-        try:
-            os.link(source, staging / source.name)
-        except OSError:  # a filesystem without hard links
-            shutil.copy2(source, staging / source.name)
+    shutil.copy2(saved.with_suffix(".json"), staging / saved.with_suffix(".json").name)
     return tune.Checkpoint.from_directory(str(staging))
 
 
@@ -171,29 +161,12 @@ def _inject(fault: FaultInjection, trial: Trial, run_dir: Path) -> None:
         next(trial.model.parameters()).fill_(float("nan"))
 
 
-class RunningObjectives:
+def running_objectives(rows: list[dict[str, float]]) -> dict[str, float]:
     """What Tune sees as the trial's objectives while it runs: the latest validation metrics and
-    flip_mean so far, Σ step_flip_rate·Δstep / step (C.4.2's average). Rows are folded in once
-    each, including those restored from a checkpoint."""
-
-    VAL_KEYS = ("val_loss", "val_ppl", "val_error")
-
-    def __init__(self) -> None:
-        self.seen = 0
-        self.weighted_flips = 0.0
-        self.last_step = 0
-        self.latest_val = dict.fromkeys(self.VAL_KEYS, math.nan)
-
-    def update(self, rows: list[dict[str, float]]) -> dict[str, float]:
-        for row in rows[self.seen :]:
-            step = int(row["step"])
-            self.weighted_flips += row["step_flip_rate"] * (step - self.last_step)
-            self.last_step = step
-            if not math.isnan(row["val_loss"]):
-                self.latest_val = {key: row[key] for key in self.VAL_KEYS}
-        self.seen = len(rows)
-        flip_mean = self.weighted_flips / self.last_step if self.last_step else math.nan
-        return {**self.latest_val, "flip_mean": flip_mean}
+    the tracker's cumulative flip_mean of the newest row."""
+    latest_eval = next((r for r in reversed(rows) if not math.isnan(r["val_loss"])), {})
+    objectives = {key: latest_eval.get(key, math.nan) for key in VALIDATION_METRICS}
+    return {**objectives, FLIP_OBJECTIVE: rows[-1][FLIP_OBJECTIVE] if rows else math.nan}
 
 
 def _check_diverged(run_dir: Path) -> None:
@@ -225,14 +198,13 @@ def signlock_trainable(config: dict[str, Any], context: SweepContext) -> None:
     try:
         _check_diverged(run_dir)
         trial = Trial(cfg, run_dir, progress=False)
-        objectives = RunningObjectives()
 
         def report(row: dict[str, float], saved: Path | None) -> None:
             mlflow_run.log_rows([row])
             for fault in faults:
                 if int(row["step"]) == fault.step:
                     _inject(fault, trial, run_dir)
-            metrics = {**finite_metrics(row), **objectives.update(trial.rows)}
+            metrics = {**finite_metrics(row), **running_objectives(trial.rows)}
             if saved is None:
                 tune.report(metrics)
                 return

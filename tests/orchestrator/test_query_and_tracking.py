@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from signlock.orchestrator import tracking
 from signlock.orchestrator.query import apply_filter, parse_filter, write_runs
-from signlock.orchestrator.trainable import FaultInjection, RunningObjectives
+from signlock.orchestrator.trainable import FaultInjection, running_objectives
 from signlock.trainables.errors import ConfigError
 
 RUNS = pd.DataFrame(
@@ -119,22 +119,19 @@ def test_a_reopened_trial_run_continues_without_duplicate_steps(tmp_path):
     assert tracking.trial_names(client, experiment, parent) == {"id-1": "s-0000"}
 
 
-def test_running_objectives_follow_c42_flip_mean():
+def test_running_objectives_are_the_latest_eval_and_the_trackers_flip_mean():
     nan = math.nan
     rows = [
-        {"step": 10, "step_flip_rate": 0.02, "val_loss": nan, "val_ppl": nan, "val_error": nan},
-        {"step": 30, "step_flip_rate": 0.005, "val_loss": 1.0, "val_ppl": 2.7, "val_error": nan},
-        {"step": 40, "step_flip_rate": 0.0, "val_loss": nan, "val_ppl": nan, "val_error": nan},
+        {"step": 10, "flip_mean": 0.02, "val_loss": nan, "val_ppl": nan, "val_error": nan},
+        {"step": 30, "flip_mean": 0.01, "val_loss": 1.0, "val_ppl": 2.7, "val_error": nan},
+        {"step": 40, "flip_mean": 0.0075, "val_loss": nan, "val_ppl": nan, "val_error": nan},
     ]
-    objectives = RunningObjectives()
-    first = objectives.update(rows[:1])
-    assert first["flip_mean"] == pytest.approx(0.02) and math.isnan(first["val_ppl"])
-    out = objectives.update(rows)  # rows are folded in once each
-    # total crossings per scalar: 10·0.02 + 20·0.005 + 10·0 = 0.3 over 40 steps
-    assert out["flip_mean"] == pytest.approx(0.3 / 40)
-    assert out["val_ppl"] == 2.7 and math.isnan(out["val_error"])
-    assert out == RunningObjectives().update(rows)  # as after a resume with restored rows
-    assert math.isnan(RunningObjectives().update([])["flip_mean"])
+    first = running_objectives(rows[:1])
+    assert first["flip_mean"] == 0.02 and math.isnan(first["val_ppl"])
+    out = running_objectives(rows)
+    assert out["flip_mean"] == 0.0075  # the newest row's cumulative value, not recomputed
+    assert out["val_ppl"] == 2.7 and out["val_loss"] == 1.0 and math.isnan(out["val_error"])
+    assert math.isnan(running_objectives([])["flip_mean"])
 
 
 @pytest.mark.parametrize(
