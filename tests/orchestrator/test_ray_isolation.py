@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,13 +28,14 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def foreign_ray_head(tmp_path):
+def foreign_ray_head():
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
     ray = shutil.which("ray", path=str(Path(SIGNLOCK[0]).parent))
     assert ray is not None
     port = free_port()
     head = subprocess.Popen(
         [ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-         "--num-cpus=0", "--include-dashboard=false", f"--temp-dir={tmp_path / 'foreign'}"],
+         "--num-cpus=0", "--include-dashboard=false", f"--temp-dir={temp_dir}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.monotonic() + 120
@@ -46,6 +48,7 @@ def foreign_ray_head(tmp_path):
     yield f"127.0.0.1:{port}"
     head.terminate()  # --block: the CLI stops the daemons it started; never `ray stop`
     head.wait(timeout=60)
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.mark.slow
