@@ -54,6 +54,7 @@ class SweepOptions:
     gpus_per_trial: float | None = None
     max_failures: int = 2
     checkpoint_every: int | None = None  # None: the trial's own, else ~10 per trial
+    checkpoint_keep: int = 2
     faults: tuple[FaultInjection, ...] = field(default_factory=tuple)
     progress: bool = True
     verbose: bool = False
@@ -170,9 +171,7 @@ def _run_config(name: str, storage: Path, options: SweepOptions, n_trials: int, 
         name=name,
         storage_path=str(storage),
         failure_config=tune.FailureConfig(max_failures=options.max_failures),
-        # Tune keeps only small step markers (the weights stay in the run directory), so all are
-        # kept: num_to_keep would force an experiment snapshot every few trial checkpoints.
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=options.checkpoint_keep),
         callbacks=[SweepProgress(n_trials, steps, enabled=options.progress)],
         verbose=1 if options.verbose else 0,
     )

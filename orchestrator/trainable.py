@@ -12,12 +12,10 @@ with a shared filesystem such as SLURM home/scratch)::
 spec name plus a hash of the sampled values. Unlike Tune's trial id it survives
 ``restart_errored``, so a restarted trial keeps its run directory and its MLflow run.
 
-Checkpoints: the trial writes ``checkpoints/latest.pt`` every ``checkpoint_every`` steps into its
-run directory (on the sweep's shared filesystem) and reports a Tune checkpoint holding only its
-step marker (``latest.json``), so ``FailureConfig(max_failures)`` and ``Tuner.restore`` know it can
-be resumed without Tune copying the weights. On a restart the run directory's checkpoint is used
-when Tune hands over a marker; when Tune hands over none (a first start, or ``restart_errored``)
-the trial starts from scratch.
+Checkpoints: the trial writes ``checkpoints/latest.pt`` every ``checkpoint_every`` steps and the
+same file is reported to Tune, so ``FailureConfig(max_failures)`` and ``Tuner.restore`` can resume
+it. On a restart the newer of the run directory's and Tune's checkpoint is used; when Tune hands
+over none (a first start, or ``restart_errored``) the trial starts from scratch.
 """
 
 from __future__ import annotations
@@ -26,6 +24,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -114,19 +113,31 @@ def resolve_trial_config(context: SweepContext, config: dict[str, Any]) -> Trial
 
 
 def _adopt_checkpoint(run_dir: Path) -> int:
-    """The step to resume ``run_dir`` from (-1: start fresh, removing a stale checkpoint)."""
+    """Make ``run_dir`` hold the newest usable checkpoint; returns its step (-1: start fresh)."""
     local = run_dir / "checkpoints" / CHECKPOINT_NAME
-    if tune.get_checkpoint() is None:
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
         for stale in (local, local.with_suffix(".json"), run_dir / DIVERGED_MARKER):
             stale.unlink(missing_ok=True)
         return -1
+    with checkpoint.as_directory() as directory:
+        reported = Path(directory) / CHECKPOINT_NAME
+        if checkpoint_step(reported) > checkpoint_step(local):
+            local.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(reported, local)
+            shutil.copy2(reported.with_suffix(".json"), local.with_suffix(".json"))
     return checkpoint_step(local)
 
 
 def _tune_checkpoint(saved: Path) -> tune.Checkpoint:
-    """A Tune checkpoint directory holding the step marker of the trial checkpoint ``saved``."""
+    """A Tune checkpoint directory holding the trial checkpoint (``report`` copies it to storage).
+    Staged beside the run directory with hard links, so large checkpoints are not copied twice."""
     staging = Path(tempfile.mkdtemp(prefix=".tune-checkpoint-", dir=saved.parent))
-    shutil.copy2(saved.with_suffix(".json"), staging / saved.with_suffix(".json").name)
+    for source in (saved, saved.with_suffix(".json")):
+        try:
+            os.link(source, staging / source.name)
+        except OSError:  # a filesystem without hard links
+            shutil.copy2(source, staging / source.name)
     return tune.Checkpoint.from_directory(str(staging))
 
 
