@@ -16,14 +16,9 @@ Definitions (paper Section 3.1, Definitions 3.1/3.2; Theorem 3.6; Section 2.1; A
 * A zero crossing t → t+1 is *band-skipping* when |w_t| > ε and |w_{t+1}| > ε: it jumped over
   Bd(ε) in one step, which Assumption 3.3 rules out.
 
-Implementation: tracked tensors are grouped by (device, dtype). Each group keeps all per-scalar
-state in flat buffers and gathers the current weights with one ``torch.cat(..., out=...)``,
-upcast to float32 (float64 params stay float64); the thresholds are rounded inward to that
-dtype so the comparisons are exact for the stored values. Per scalar the state machine has
-phase 0 (before σ0), 1 (outside the band after σ_{k−1}, waiting for τ_k) and 2 (after τ_k,
-waiting for σ_k); at most one transition per scalar and step is possible, so one event test
-per step, |w|·direction ≤ bound, finds every transition. A few dense passes flag a superset
-of the events and zero crossings; the exact logic then runs only on that (usually tiny) set.
+Implementation: the per-scalar state machine and the dense/sparse passes that drive it live in
+:mod:`signlock.trainables._sign_kernel`; this module holds the public API, the statistics and
+the checkpoint format.
 
 ``flips.parquet`` schema (rows of :meth:`SignTracker.k_histogram`, sorted by tensor then k):
 
@@ -40,21 +35,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
+from signlock.trainables._sign_kernel import SPARSE_BACKENDS, Group, Segment, SparseBackend
 from signlock.trainables.errors import ConfigError
 from signlock.trainables.lockin_stats import zig_from_moments
+from signlock.trainables.schema import SUMMARY_INT_FIELDS, TRACKER_SUMMARY_FIELDS
 
 __all__ = ["POOLED", "SignTracker", "sample_coordinates"]
 
 POOLED = "__pooled__"
 _STATE_VERSION = 1
-_PHASE_OUTSIDE = 1  # phases: 0 before σ0, 1 outside Bd(ε) waiting for τ_k, 2 waiting for σ_k
 _STAT_COLUMNS = [
     "tensor",
     "n_tracked",
@@ -68,8 +63,7 @@ _STAT_COLUMNS = [
     "g_hat",
     "k_mean",
 ]
-_SPARSE_BACKEND: str | None = None  # None: numpy on CPU, torch elsewhere (tests force "torch")
-# state_dict key -> per-scalar _Group attribute (code = phase + 3·[outer sign negative])
+# state_dict key -> per-scalar Group attribute (code: _sign_kernel.encode(phase, outer sign < 0))
 _STATE_FIELDS = {
     "last_value": "cur",
     "init_negative": "init_neg",
@@ -79,62 +73,6 @@ _STATE_FIELDS = {
     "crossings": "crossings",
     "band_skips": "band_skips",
 }
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-@dataclass(frozen=True)
-class _Thresholds:
-    """Band/outer tests in the compute dtype, exact for every value representable in it.
-
-    ``eps``/``rho`` are ε, ρ rounded inward (|w| ≤ ε ⇔ |w| ≤ eps, |w| ≥ ρ ⇔ |w| ≥ rho). The dense
-    event test is ``neg_bound + direction·|w| < 0`` (a sign bit): phase 1 uses direction +1 and
-    neg_bound = −next_up(eps); phases 0/2 use direction −1 and neg_bound = next_down(rho).
-    """
-
-    eps: float
-    rho: float
-    nb_outside: float
-    nb_inner: float
-
-    @staticmethod
-    def build(rho: float, eps: float, dtype: torch.dtype) -> _Thresholds:
-        np_dtype = np.float64 if dtype == torch.float64 else np.float32
-        inf = np_dtype(np.inf)
-        rho_c, eps_c = np_dtype(rho), np_dtype(eps)
-        if float(rho_c) < rho:
-            rho_c = np.nextafter(rho_c, inf)
-        if float(eps_c) > eps:
-            eps_c = np.nextafter(eps_c, np_dtype(0))
-        nb_outside = -np.nextafter(eps_c, inf)
-        nb_inner = np.nextafter(rho_c, np_dtype(0))
-        return _Thresholds(float(eps_c), float(rho_c), float(nb_outside), float(nb_inner))
-
-
-def _transition_tables(th: _Thresholds) -> dict[str, list[Any]]:
-    """The Definition 3.2 state machine as lookup tables indexed by key = 2·code + [w < 0].
-
-    ``code`` = phase + 3·[sign(w_{σ_{k−1}}) < 0]. Entries: next code, K increment (Theorem 3.6:
-    the outer sign at σ_k differs from the one at σ_{k−1}), whether it is a τ hit, and the next
-    direction/neg_bound of the dense event test.
-    """
-    tables: dict[str, list[Any]] = {"next": [], "k_inc": [], "tau": [], "dir": [], "nb": []}
-    for code in range(6):
-        phase, outer_neg = code % 3, code // 3
-        for neg in (0, 1):
-            if phase == _PHASE_OUTSIDE:  # τ_k: enter the band, keep the outer sign
-                nxt, k_inc = 2 + 3 * outer_neg, 0
-            else:  # σ0 (phase 0) or σ_k (phase 2): back outside with the current sign
-                nxt, k_inc = 1 + 3 * neg, int(phase == 2 and neg != outer_neg)
-            outside = nxt % 3 == _PHASE_OUTSIDE
-            tables["next"].append(nxt)
-            tables["k_inc"].append(k_inc)
-            tables["tau"].append(phase == _PHASE_OUTSIDE)
-            tables["dir"].append(1.0 if outside else -1.0)
-            tables["nb"].append(th.nb_outside if outside else th.nb_inner)
-    return tables
 
 
 def sample_coordinates(numel: int, m: int, generator: torch.Generator) -> torch.Tensor:
@@ -154,245 +92,6 @@ def sample_coordinates(numel: int, m: int, generator: torch.Generator) -> torch.
         _, first = np.unique(stream, return_index=True)
         picked = stream[np.sort(first)][:m]
     return torch.from_numpy(np.sort(picked))
-
-
-@dataclass
-class _Segment:
-    """One tracked tensor: its slice [start, start+size) of its group's flat buffers."""
-
-    name: str
-    tensor: torch.Tensor
-    group: int
-    local: int
-    start: int
-    size: int
-    index: torch.Tensor | None
-
-    def __post_init__(self) -> None:
-        self._ptr = self.tensor.data_ptr()
-        detached = self.tensor.detach()
-        self._flat = detached.view(-1) if detached.is_contiguous() else None
-
-    @property
-    def stop(self) -> int:
-        return self.start + self.size
-
-    def flat_values(self) -> torch.Tensor:
-        if self.tensor.data_ptr() != self._ptr:
-            raise RuntimeError(
-                f"tracked tensor {self.name!r} was replaced instead of updated in place; "
-                "build a new SignTracker (and load_state_dict) after moving or recasting a model"
-            )
-        flat = self._flat if self._flat is not None else self.tensor.detach().reshape(-1)
-        return flat if self.index is None else flat.index_select(0, self.index)
-
-
-class _Group:
-    """Flat per-scalar state for the tracked tensors sharing one device and dtype.
-
-    Dense passes run in torch. The sparse bookkeeping on the few candidate scalars runs on
-    numpy views of the same memory for CPU groups (far lower per-call overhead) and in torch
-    otherwise; :func:`_process_candidates` is written once for both.
-    """
-
-    def __init__(
-        self, segments: list[_Segment], rho: float, eps: float, sparse_backend: str | None = None
-    ) -> None:
-        self.segments = segments
-        self.device = segments[0].tensor.device
-        self.dtype = _compute_dtype(segments[0].tensor.dtype)
-        self.bits_dtype, self.sign_shift = (
-            (torch.int64, 63) if self.dtype == torch.float64 else (torch.int32, 31)
-        )
-        self.th = _Thresholds.build(rho, eps, self.dtype)
-        self.n = n = sum(s.size for s in segments)
-        dev = self.device
-        floats = {"dtype": self.dtype, "device": dev}
-        # Signed values of the latest two observations (−0.0 normalised to +0.0), swapped per step.
-        self.cur = torch.zeros(n, **floats)
-        self.prev = torch.zeros(n, **floats)
-        self.work = torch.empty(n, **floats)
-        self.bits = torch.empty(n, dtype=self.bits_dtype, device=dev)
-        self.mask = torch.zeros(-(-n // 8) * 8, dtype=torch.int8, device=dev)
-        self.mask_head = self.mask[:n]
-        self.mask_words = self.mask.view(torch.int64)
-        self.direction = torch.empty(n, **floats)
-        self.neg_bound = torch.empty(n, **floats)
-        self.init_neg = torch.zeros(n, dtype=torch.bool, device=dev)
-        self.code = torch.zeros(n, dtype=torch.int32, device=dev)
-        self.k = torch.zeros(n, dtype=torch.int32, device=dev)
-        self.tau1 = torch.full((n,), -1, dtype=torch.int32, device=dev)
-        self.crossings = torch.zeros(n, dtype=torch.int32, device=dev)
-        self.band_skips = torch.zeros(n, dtype=torch.int32, device=dev)
-        backend = sparse_backend or ("numpy" if dev.type == "cpu" else "torch")
-        self.sparse = _SparseArrays.of(self, backend)
-        self.reset_event_test()
-
-    def reset_event_test(self) -> None:
-        """direction/neg_bound from the phase: phase 1 waits for |w| ≤ ε, 0/2 for |w| ≥ ρ."""
-        outside = (self.code % 3 == _PHASE_OUTSIDE).long()
-        choices = torch.tensor(
-            [[-1.0, self.th.nb_inner], [1.0, self.th.nb_outside]],
-            dtype=self.dtype,
-            device=self.device,
-        )
-        self.direction.copy_(choices[outside, 0])
-        self.neg_bound.copy_(choices[outside, 1])
-
-    def record_initial(self) -> None:
-        self._load()
-        self.init_neg.copy_(self.cur < 0)
-        self._observe_candidates(0, with_crossings=False)
-
-    def observe(self, t: int) -> int:
-        """Record observation t ≥ 1; returns the number of zero crossings t−1 → t."""
-        self.cur, self.prev = self.prev, self.cur
-        self.sparse.cur, self.sparse.prev = self.sparse.prev, self.sparse.cur
-        self._load()
-        return self._observe_candidates(t, with_crossings=True)
-
-    def _load(self) -> None:
-        torch.cat([s.flat_values() for s in self.segments], out=self.cur)
-        self.cur.add_(0.0)  # −0.0 + 0.0 = +0.0: afterwards the sign bit is exactly [w < 0]
-
-    def _observe_candidates(self, t: int, *, with_crossings: bool) -> int:
-        """Flag a superset of this step's events and zero crossings, then process them exactly.
-
-        Per scalar, the sign bit of ``neg_bound + direction·|w|`` is its event test and the sign
-        bit of cur XOR prev its crossing test. Their OR goes into one int8 per scalar, scanned
-        eight scalars at a time through an int64 view.
-        """
-        torch.abs(self.cur, out=self.work)
-        torch.addcmul(self.neg_bound, self.work, self.direction, out=self.work)
-        work_bits = self.work.view(self.bits_dtype)
-        if with_crossings:
-            cur_bits, prev_bits = self.cur.view(self.bits_dtype), self.prev.view(self.bits_dtype)
-            torch.bitwise_xor(cur_bits, prev_bits, out=self.bits)
-            self.bits.bitwise_or_(work_bits)
-            self.bits.bitwise_right_shift_(self.sign_shift)
-        else:
-            torch.bitwise_right_shift(work_bits, self.sign_shift, out=self.bits)
-        self.mask_head.copy_(self.bits)
-        words = torch.nonzero(self.mask_words)
-        if words.numel() == 0:
-            return 0
-        return _process_candidates(self.sparse, self.sparse.wrap(words), t, with_crossings)
-
-    def segment_counts(self) -> list[list[int]]:
-        """Per segment: flips vs init, τ1 hits, #{K>0}, ΣK, zero crossings, band-skipping ones."""
-        rows = []
-        negative = self.cur < 0
-        for s in self.segments:
-            sl = slice(s.start, s.stop)
-            k = self.k[sl]
-            rows.append(
-                torch.stack(
-                    [
-                        (negative[sl] != self.init_neg[sl]).sum(),
-                        (self.tau1[sl] >= 0).sum(),
-                        (k > 0).sum(),
-                        k.sum(dtype=torch.int64),
-                        self.crossings[sl].sum(dtype=torch.int64),
-                        self.band_skips[sl].sum(dtype=torch.int64),
-                    ]
-                )
-            )
-        return torch.stack(rows).cpu().tolist()
-
-
-@dataclass
-class _SparseArrays:
-    """The per-scalar arrays the sparse step touches: numpy views (CPU) or the torch tensors."""
-
-    xp: Any
-    cur: Any
-    prev: Any
-    work: Any
-    mask: Any
-    code: Any
-    k: Any
-    tau1: Any
-    crossings: Any
-    band_skips: Any
-    direction: Any
-    neg_bound: Any
-    lanes: Any
-    tables: dict[str, Any]
-    eps: float
-
-    @staticmethod
-    def of(group: _Group, backend: str) -> _SparseArrays:
-        if backend not in ("numpy", "torch") or (backend == "numpy" and group.device.type != "cpu"):
-            raise ValueError(f"sparse backend {backend!r} is not available on {group.device}")
-        raw = _transition_tables(group.th)
-        dtypes = {
-            "next": torch.int32,
-            "k_inc": torch.int32,
-            "tau": torch.bool,
-            "dir": group.dtype,
-            "nb": group.dtype,
-        }
-        tables = {
-            key: torch.tensor(raw[key], dtype=dtypes[key], device=group.device) for key in raw
-        }
-        lanes = torch.arange(8, device=group.device)
-        names = [
-            "cur",
-            "prev",
-            "work",
-            "mask",
-            "code",
-            "k",
-            "tau1",
-            "crossings",
-            "band_skips",
-            "direction",
-            "neg_bound",
-        ]
-        arrays = {name: getattr(group, name) for name in names}
-        if backend == "torch":
-            return _SparseArrays(torch, **arrays, lanes=lanes, tables=tables, eps=group.th.eps)
-        return _SparseArrays(
-            np,
-            **{name: value.numpy() for name, value in arrays.items()},
-            lanes=lanes.numpy(),
-            tables={key: value.numpy() for key, value in tables.items()},
-            eps=group.th.eps,
-        )
-
-    def wrap(self, tensor: torch.Tensor) -> Any:
-        return tensor.numpy() if self.xp is np else tensor
-
-
-def _process_candidates(a: _SparseArrays, words: Any, t: int, with_crossings: bool) -> int:
-    """Exact crossing bookkeeping and state-machine transitions on the flagged scalars.
-
-    ``words`` are the (m, 1) indices of the int64 mask words with a flagged scalar; written with
-    operations numpy arrays and torch tensors share. Returns the number of zero crossings.
-    """
-    cand = (words * 8 + a.lanes).reshape(-1)
-    cand = cand[a.mask[cand] != 0]
-    values = a.cur[cand]
-    neg = values < 0
-    n_cross = 0
-    if with_crossings:
-        prev = a.prev[cand]
-        crossed = neg != (prev < 0)
-        n_cross = int(crossed.sum())
-        if n_cross:
-            a.crossings[cand] += crossed
-            a.band_skips[cand] += crossed & (abs(prev) > a.eps) & (abs(values) > a.eps)
-    is_event = a.work[cand] < 0
-    idx = cand[is_event]
-    if len(idx):
-        key = a.code[idx] * 2 + neg[is_event]
-        a.code[idx] = a.tables["next"][key]
-        a.k[idx] += a.tables["k_inc"][key]
-        tau1 = a.tau1[idx]
-        a.tau1[idx] = a.xp.where(a.tables["tau"][key] & (tau1 < 0), t, tau1)
-        a.direction[idx] = a.tables["dir"][key]
-        a.neg_bound[idx] = a.tables["nb"][key]
-    return n_cross
 
 
 def _validate_config(rho: float, eps: float, sample_per_tensor: int | None) -> None:
@@ -422,12 +121,26 @@ def _validate_params(named: list[tuple[str, torch.Tensor]]) -> None:
             raise ConfigError("tracker.named_params", name, "tensors with at least one element")
 
 
+def _validate_backend(backend: object, named: list[tuple[str, torch.Tensor]]) -> None:
+    if backend not in SPARSE_BACKENDS:
+        allowed = ", ".join(map(repr, SPARSE_BACKENDS))
+        raise ConfigError("tracker.backend", backend, f"one of {allowed}")
+    off_cpu = sorted({str(tensor.device) for _, tensor in named if tensor.device.type != "cpu"})
+    if backend == "numpy" and off_cpu:
+        where = ", ".join(off_cpu)
+        raise ConfigError("tracker.backend", backend, f"'auto' or 'torch' (tensors on {where})")
+
+
 class SignTracker:
     """Online tracker of sign lock-in statistics over a fixed list of named tensors.
 
     Call :meth:`observe` after every optimizer step; the tensors must be updated in place (as
     every ``torch.optim`` optimizer does). Read the statistics at log time with
     :meth:`window_stats`, :meth:`per_tensor_stats`, :meth:`k_histogram` or :meth:`summary`.
+
+    ``backend`` runs the per-step bookkeeping of the few flagged scalars on numpy views
+    (CPU tensors only) or in torch; ``"auto"`` picks numpy on CPU and torch elsewhere. Results
+    are identical either way; it is not part of the checkpoint.
     """
 
     def __init__(
@@ -438,14 +151,17 @@ class SignTracker:
         eps: float = 1e-4,
         sample_per_tensor: int | None = None,
         sample_seed: int = 0,
+        backend: SparseBackend = "auto",
     ) -> None:
         named = list(named_params)
         _validate_config(rho, eps, sample_per_tensor)
         _validate_params(named)
+        _validate_backend(backend, named)
         self.rho = float(rho)
         self.eps = float(eps)
         self.sample_per_tensor = sample_per_tensor
         self.sample_seed = sample_seed
+        self.backend = backend
         self.tensor_names: list[str] = [name for name, _ in named]
         self.steps = 0
         self._window_steps = 0
@@ -456,10 +172,10 @@ class SignTracker:
             for group in self._groups:
                 group.record_initial()
 
-    def _build(self, named: list[tuple[str, torch.Tensor]]) -> tuple[list[_Segment], list[_Group]]:
+    def _build(self, named: list[tuple[str, torch.Tensor]]) -> tuple[list[Segment], list[Group]]:
         generator = torch.Generator(device="cpu").manual_seed(self.sample_seed)
         group_of: dict[tuple[torch.device, torch.dtype], int] = {}
-        members_of: list[list[_Segment]] = []
+        members_of: list[list[Segment]] = []
         segments = []
         for name, tensor in named:
             index = None
@@ -472,10 +188,10 @@ class SignTracker:
             members = members_of[g]
             start = members[-1].stop if members else 0
             size = tensor.numel() if index is None else index.numel()
-            segment = _Segment(name, tensor, g, len(members), start, size, index)
+            segment = Segment(name, tensor, g, len(members), start, size, index)
             members.append(segment)
             segments.append(segment)
-        groups = [_Group(members, self.rho, self.eps, _SPARSE_BACKEND) for members in members_of]
+        groups = [Group(members, self.rho, self.eps, self.backend) for members in members_of]
         return segments, groups
 
     @torch.no_grad()
@@ -528,36 +244,33 @@ class SignTracker:
         int_columns = ["n_tracked", "zero_crossings", "band_skipping_crossings"]
         return frame.astype(dict.fromkeys(int_columns, "int64"))
 
-    def summary(self) -> dict[str, float]:
-        """Pooled statistics as plain floats (for metric loggers)."""
+    def summary(self) -> dict[str, Any]:
+        """Pooled statistics under the names of ``schema.TRACKER_SUMMARY_FIELDS`` plus ``steps``
+        (counts as ints, the rest as floats)."""
         pooled = self.per_tensor_stats().iloc[-1]
-        keys = [
-            "flip_vs_init",
-            "flip_mean",
-            "h_hat",
-            "g_hat",
-            "h_direct",
-            "k_mean",
-            "zero_crossings",
-            "band_skipping_fraction",
-            "n_tracked",
-        ]
-        out = {key: float(pooled[key]) for key in keys}
-        out["steps"] = float(self.steps)
+        out: dict[str, Any] = {}
+        for key in TRACKER_SUMMARY_FIELDS:
+            column = "flip_vs_init" if key == "final_flip_ratio" else key
+            out[key] = int(pooled[column]) if key in SUMMARY_INT_FIELDS else float(pooled[column])
+        out["steps"] = self.steps
         return out
 
     def window_stats(self) -> dict[str, float]:
-        """Pooled stats; ``step_flip_rate`` covers the steps since the previous call (resets)."""
-        flips = hits = 0
+        """Pooled ``schema.TRACKER_WINDOW_METRICS``: ``flip_mean`` is cumulative (all crossings
+        so far / (N·t)); ``step_flip_rate`` covers the steps since the previous call (resets)."""
+        flips = hits = crossings_so_far = 0
         for group in self._groups:
             flips += int(((group.cur < 0) != group.init_neg).sum())
             hits += int((group.tau1 >= 0).sum())
+            crossings_so_far += int(group.crossings.sum(dtype=torch.int64))
         n_steps, crossings = self._window_steps, self._window_crossings
         self._window_steps = self._window_crossings = 0
+        n = self.n_tracked
         return {
-            "flip_vs_init": flips / self.n_tracked,
-            "step_flip_rate": crossings / (self.n_tracked * n_steps) if n_steps else 0.0,
-            "boundary_hit_fraction": hits / self.n_tracked,
+            "flip_vs_init": flips / n,
+            "flip_mean": crossings_so_far / (n * self.steps) if self.steps else 0.0,
+            "step_flip_rate": crossings / (n * n_steps) if n_steps else 0.0,
+            "boundary_hit_fraction": hits / n,
         }
 
     def k_histogram(self) -> pd.DataFrame:

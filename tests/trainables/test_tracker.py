@@ -9,8 +9,6 @@ from __future__ import annotations
 import io
 import math
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +18,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import signlock.trainables.tracker as tracker_module
+from signlock.trainables._sign_kernel import Phase, encode
 from signlock.trainables.errors import ConfigError
 from signlock.trainables.tracker import POOLED, SignTracker, sample_coordinates
 
@@ -116,16 +114,6 @@ def make_trajectories(
         walk[special] = rng.choice(specials, size=int(special.sum()))
         out.append(walk)
     return out
-
-
-@contextmanager
-def sparse_backend(name: str | None) -> Iterator[None]:
-    saved = tracker_module._SPARSE_BACKEND
-    tracker_module._SPARSE_BACKEND = name
-    try:
-        yield
-    finally:
-        tracker_module._SPARSE_BACKEND = saved
 
 
 def write(tensors: list[torch.Tensor], trajectories: list[np.ndarray], t: int) -> None:
@@ -245,10 +233,10 @@ def scenarios(draw, max_steps: int = 60):
 def test_matches_reference(sc):
     rho, eps = sc["thresholds"]
     trajectories = make_trajectories(sc["shapes"], sc["steps"], sc["seed"], rho, eps)
-    with sparse_backend(sc["backend"]):
-        run = start_run(sc["shapes"], sc["dtypes"], trajectories, rho=rho, eps=eps)
-        for t in range(1, sc["steps"] + 1):
-            advance(run, trajectories, t)
+    kwargs = {"rho": rho, "eps": eps, "backend": sc["backend"]}
+    run = start_run(sc["shapes"], sc["dtypes"], trajectories, **kwargs)
+    for t in range(1, sc["steps"] + 1):
+        advance(run, trajectories, t)
     assert run.tracker.steps == sc["steps"]
     assert run.tracker.n_tracked == sum(math.prod(s) for s in sc["shapes"])
     assert_matches_reference(run, rho, eps)
@@ -259,11 +247,16 @@ def test_matches_reference(sc):
 def test_sampled_mode_matches_reference(sc, per_tensor, sample_seed):
     rho, eps = sc["thresholds"]
     trajectories = make_trajectories(sc["shapes"], sc["steps"], sc["seed"], rho, eps)
-    kwargs = {"rho": rho, "eps": eps, "sample_per_tensor": per_tensor, "sample_seed": sample_seed}
-    with sparse_backend(sc["backend"]):
-        run = start_run(sc["shapes"], sc["dtypes"], trajectories, **kwargs)
-        for t in range(1, sc["steps"] + 1):
-            advance(run, trajectories, t)
+    kwargs = {
+        "rho": rho,
+        "eps": eps,
+        "sample_per_tensor": per_tensor,
+        "sample_seed": sample_seed,
+        "backend": sc["backend"],
+    }
+    run = start_run(sc["shapes"], sc["dtypes"], trajectories, **kwargs)
+    for t in range(1, sc["steps"] + 1):
+        advance(run, trajectories, t)
     for index, shape in zip(run.tracker.tracked_indices(), sc["shapes"], strict=True):
         assert len(index) == min(per_tensor, math.prod(shape))
     assert run.tracker.n_tracked == sum(len(i) for i in run.tracker.tracked_indices())
@@ -277,23 +270,28 @@ def test_state_dict_round_trip_continues_identically(sc, cut_fraction, per_tenso
     steps = sc["steps"]
     cut = int(cut_fraction * steps)
     trajectories = make_trajectories(sc["shapes"], steps, sc["seed"], rho, eps)
-    kwargs = {"rho": rho, "eps": eps, "sample_per_tensor": per_tensor, "sample_seed": 5}
-    with sparse_backend(sc["backend"]):
-        whole = start_run(sc["shapes"], sc["dtypes"], trajectories, **kwargs)
-        for t in range(1, cut + 1):
-            advance(whole, trajectories, t)
-        whole.tracker.window_stats()
-        buffer = io.BytesIO()
-        torch.save(whole.tracker.state_dict(), buffer)
-        buffer.seek(0)
-        state = torch.load(buffer, weights_only=True)
-        # a fresh tracker over fresh tensors holding the checkpointed weights
-        resumed = start_run(sc["shapes"], sc["dtypes"], [tr[cut:] for tr in trajectories], **kwargs)
-        resumed.tracker.load_state_dict(state)
-        for t in range(cut + 1, steps + 1):
-            advance(whole, trajectories, t)
-            write(resumed.tensors, trajectories, t)
-            resumed.tracker.observe()
+    kwargs = {
+        "rho": rho,
+        "eps": eps,
+        "sample_per_tensor": per_tensor,
+        "sample_seed": 5,
+        "backend": sc["backend"],
+    }
+    whole = start_run(sc["shapes"], sc["dtypes"], trajectories, **kwargs)
+    for t in range(1, cut + 1):
+        advance(whole, trajectories, t)
+    whole.tracker.window_stats()
+    buffer = io.BytesIO()
+    torch.save(whole.tracker.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    # a fresh tracker over fresh tensors holding the checkpointed weights
+    resumed = start_run(sc["shapes"], sc["dtypes"], [tr[cut:] for tr in trajectories], **kwargs)
+    resumed.tracker.load_state_dict(state)
+    for t in range(cut + 1, steps + 1):
+        advance(whole, trajectories, t)
+        write(resumed.tensors, trajectories, t)
+        resumed.tracker.observe()
     a, b = whole.tracker, resumed.tracker
     assert b.steps == a.steps == steps
     assert torch.equal(a.k_values(), b.k_values())
@@ -329,10 +327,9 @@ RHO2, EPS2 = 2.0**-10, 2.0**-13  # exactly representable: equality with ρ and �
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
 def test_hand_written_trajectories(trajectory, k, tau1, crossings, band_skips, backend):
     trajectories = [np.array(trajectory).reshape(-1, 1)]
-    with sparse_backend(backend):
-        run = start_run([(1,)], [torch.float32], trajectories, rho=RHO2, eps=EPS2)
-        for t in range(1, len(trajectory)):
-            advance(run, trajectories, t)
+    run = start_run([(1,)], [torch.float32], trajectories, rho=RHO2, eps=EPS2, backend=backend)
+    for t in range(1, len(trajectory)):
+        advance(run, trajectories, t)
     stats = run.tracker.per_tensor_stats().iloc[0]
     assert run.tracker.k_values().tolist() == [k]
     assert run.tracker.first_hit_times().tolist() == [tau1]
@@ -358,6 +355,8 @@ def test_window_stats_cover_the_steps_since_the_last_call():
         assert got["step_flip_rate"] == pytest.approx(crossings / (n * (last - first + 1)))
         assert got["flip_vs_init"] == pytest.approx(sum(r.flipped_vs_init for r in refs) / n)
         assert got["boundary_hit_fraction"] == pytest.approx(sum(r.tau1 >= 0 for r in refs) / n)
+        crossings_so_far = sum(t <= last - 1 for r in refs for t in r.crossings)
+        assert got["flip_mean"] == pytest.approx(crossings_so_far / (n * last))
     assert run.tracker.window_stats()["step_flip_rate"] == 0.0
 
 
@@ -396,7 +395,7 @@ def test_tables_schema_and_pooled_rows():
 
     summary = tracker.summary()
     assert set(summary) == {
-        "flip_vs_init",
+        "final_flip_ratio",
         "flip_mean",
         "h_hat",
         "g_hat",
@@ -407,9 +406,12 @@ def test_tables_schema_and_pooled_rows():
         "n_tracked",
         "steps",
     }
-    assert all(isinstance(v, float) for v in summary.values())
-    assert summary["steps"] == 25.0 and summary["n_tracked"] == tracker.n_tracked
-    for key in summary.keys() - {"steps"}:
+    counts = {"steps", "zero_crossings", "n_tracked"}
+    assert all(type(summary[key]) is int for key in counts)
+    assert all(type(summary[key]) is float for key in summary.keys() - counts)
+    assert summary["steps"] == 25 and summary["n_tracked"] == tracker.n_tracked
+    assert summary["final_flip_ratio"] == pytest.approx(float(total["flip_vs_init"]))
+    for key in summary.keys() - {"steps", "final_flip_ratio"}:
         assert summary[key] == pytest.approx(float(total[key]), nan_ok=True)
 
 
@@ -420,6 +422,7 @@ def test_before_any_step():
     assert math.isnan(tracker.summary()["band_skipping_fraction"])
     assert tracker.window_stats() == {
         "flip_vs_init": 0.0,
+        "flip_mean": 0.0,
         "step_flip_rate": 0.0,
         "boundary_hit_fraction": 0.0,
     }
@@ -518,12 +521,29 @@ def test_sample_coordinates_are_uniform(numel, m):
         ({"eps": 0.0}, "tracker.eps"),
         ({"eps": -1e-4}, "tracker.eps"),
         ({"sample_per_tensor": 0}, "tracker.sample_per_tensor"),
+        ({"backend": "cupy"}, "tracker.backend"),
+        ({"backend": None}, "tracker.backend"),
     ],
 )
 def test_invalid_config_raises(kwargs, field):
     with pytest.raises(ConfigError) as info:
         SignTracker([("w", torch.zeros(3))], **kwargs)
     assert info.value.field == field
+
+
+@pytest.mark.parametrize(("backend", "xp"), [("auto", np), ("numpy", np), ("torch", torch)])
+def test_backend_reaches_the_groups(backend, xp):
+    tracker = SignTracker(
+        [("w", torch.zeros(3)), ("d", torch.zeros(2, dtype=torch.float64))], backend=backend
+    )
+    assert tracker.backend == backend
+    assert [group.sparse.xp for group in tracker._groups] == [xp, xp]
+
+
+def test_numpy_backend_needs_cpu_tensors():
+    with pytest.raises(ConfigError) as info:
+        SignTracker([("w", torch.zeros(3, device="meta"))], backend="numpy")
+    assert info.value.field == "tracker.backend"
 
 
 @pytest.mark.parametrize(
@@ -554,6 +574,22 @@ def test_load_state_dict_rejects_a_different_tracker():
         SignTracker(
             [("a", torch.zeros(3)), ("b", torch.zeros(2))], sample_per_tensor=5
         ).load_state_dict(state)
+
+
+def test_state_dict_codes_are_phase_and_outer_sign():
+    """The checkpoint's ``code`` is phase + 3·[outer sign < 0]; a format change breaks resumes."""
+    w = torch.tensor([2 * RHO2, -2 * RHO2, EPS2 / 2, 2 * RHO2])
+    tracker = SignTracker([("w", w)], rho=RHO2, eps=EPS2)
+    assert tracker.state_dict()["code"].tolist() == [1, 4, 0, 1]
+    w.copy_(torch.tensor([EPS2 / 2, -EPS2, -2 * RHO2, 2 * RHO2]))
+    tracker.observe()
+    expected = [
+        encode(Phase.AWAIT_SIGMA, 0),
+        encode(Phase.AWAIT_SIGMA, 1),
+        encode(Phase.AWAIT_TAU, 1),
+        encode(Phase.AWAIT_TAU, 0),
+    ]
+    assert tracker.state_dict()["code"].tolist() == expected == [2, 5, 4, 1]
 
 
 def test_state_dict_holds_only_tensors_ints_and_names():
