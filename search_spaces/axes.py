@@ -43,8 +43,8 @@ def coerce_override(key: str, value: Any) -> Any:
     return value if key == PRESET_KEY else coerce_field(key, value)
 
 
-def _bound(value: object) -> object:
-    """An axis bound as a float when it is a number or a numeric string; else unchanged."""
+def number_or_raw(value: object) -> object:
+    """A number or numeric string as a float (PyYAML reads ``1e-4`` as a string), else as is."""
     number = parse_float(value)
     return value if number is None else number
 
@@ -115,7 +115,7 @@ class Axis:
             return cls(key=key, kind=kind, values=tuple(coerce_override(key, v) for v in body))
         if not isinstance(body, list) or len(body) != 2:
             raise ConfigError(where, body, f"[low, high] for a {kind} axis")
-        low, high = (_bound(v) for v in body)
+        low, high = (number_or_raw(v) for v in body)
         return cls(key=key, kind=kind, low=low, high=high)  # type: ignore[arg-type]
 
 

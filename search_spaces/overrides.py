@@ -13,11 +13,10 @@ from typing import Any
 
 import yaml
 
-from signlock.search_spaces.axes import check_key, coerce_override
+from signlock.search_spaces.axes import check_key, coerce_override, number_or_raw
 from signlock.search_spaces.spec import (
     RESOURCE_FIELDS,
     SweepSpec,
-    number_or_raw,
     parse_axes,
     parse_points,
     parse_seeds,

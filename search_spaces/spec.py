@@ -72,10 +72,11 @@ from signlock.search_spaces.axes import (
     is_int,
     is_number,
     naming_axis,
+    number_or_raw,
     plain,
 )
 from signlock.search_spaces.presets import TRIAL_PRESETS, trial_preset
-from signlock.trainables.config import TrialConfig, parse_float
+from signlock.trainables.config import TrialConfig
 from signlock.trainables.errors import ConfigError
 
 SEARCH_KINDS = ("grid", "optuna")
@@ -492,12 +493,6 @@ def _parse_resources(raw: object) -> tuple[Any, Any]:
         number_or_raw(raw.get("cpus_per_trial", 1.0)),
         number_or_raw(raw.get("gpus_per_trial", 0.0)),
     )
-
-
-def number_or_raw(value: object) -> object:
-    """A number or numeric string as a float (PyYAML reads ``1e-4`` as a string), else as is."""
-    number = parse_float(value)
-    return value if number is None else number
 
 
 __all__ = ["AXIS_KINDS", "SEARCH_KINDS", "SPEC_FIELDS", "Axis", "SweepSpec"]
