@@ -121,7 +121,7 @@ def _exit_status(table: Any) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from signlock.orchestrator.sweep import launch_sweep, print_results, with_search
-    from signlock.orchestrator.trainable import FaultInjection
+    from signlock.orchestrator.trial_runner import FaultInjection
 
     spec = _load_spec(args)
     if args.search is not None or args.budget is not None:
@@ -187,7 +187,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    from signlock.orchestrator.servers import mlflow_server_command, run_foreground
+    from signlock.orchestrator.tracking import mlflow_server_command, run_foreground
 
     command = mlflow_server_command(
         backend_store_uri=args.backend_store_uri or _tracking_uri(args),

@@ -11,34 +11,30 @@ checkpoints), plus signlock's files beside them::
     pareto.csv            the non-dominated trials in (validation metric, flip_mean)
 
 MLflow: one parent run per sweep in experiment ``--experiment`` (default ``signlock``), one child
-run per trial (see :mod:`signlock.orchestrator.tracking`).
+run per trial (see :mod:`signlock.orchestrator.tracking`). Ray Tune is reached only through
+:mod:`signlock.orchestrator.ray_tune`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
-import math
-import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.dataset as pads
 
-from signlock.orchestrator import tracking
-from signlock.orchestrator.status import sweep_status
-from signlock.orchestrator.trainable import FaultInjection, SweepContext, signlock_trainable
+from signlock.orchestrator import ray_tune, tracking
+from signlock.orchestrator.record import SWEEP_FILE, SweepRecord
+from signlock.orchestrator.trial_runner import FaultInjection, SweepContext
 from signlock.search_spaces.spec import SweepSpec
 from signlock.trainables.errors import ConfigError
 from signlock.trainables.schema import FLIP_OBJECTIVE, RESULT_METRICS, validation_objective
 
-SWEEP_FILE = "signlock-sweep.json"
 DEFAULT_EXPERIMENT = "signlock"
-FORWARDED_ENV_PREFIX = "SIGNLOCK_"  # e.g. SIGNLOCK_CACHE reaches trials on remote workers
 
 
 @dataclass(frozen=True)
@@ -54,7 +50,6 @@ class SweepOptions:
     gpus_per_trial: float | None = None
     max_failures: int = 2
     checkpoint_every: int | None = None  # None: the trial's own, else ~10 per trial
-    checkpoint_keep: int = 2
     faults: tuple[FaultInjection, ...] = field(default_factory=tuple)
     progress: bool = True
     verbose: bool = False
@@ -108,131 +103,6 @@ def with_checkpoints(spec: SweepSpec, every: int | None) -> SweepSpec:
     )
 
 
-# ---- building the Tuner -------------------------------------------------------------------
-
-
-def _search_space(spec: SweepSpec) -> dict[str, Any]:
-    from ray import tune
-
-    samplers = {
-        "uniform": lambda a: tune.uniform(a.low, a.high),
-        "loguniform": lambda a: tune.loguniform(a.low, a.high),
-        "choice": lambda a: tune.choice(list(a.values)),
-    }
-    space = {axis.key: samplers[axis.kind](axis) for axis in spec.random_axes()}
-    if spec.search == "grid":
-        space["overrides"] = tune.grid_search(spec.grid_overrides())
-    return space
-
-
-def _objectives(spec: SweepSpec) -> tuple[list[str], list[str]]:
-    """Multi-objective Optuna targets: the validation metric and flip_mean, both minimised."""
-    return [validation_objective(spec.base.model.kind), FLIP_OBJECTIVE], ["min", "min"]
-
-
-def _searcher(spec: SweepSpec, seed: int) -> Any:
-    if spec.search != "optuna":
-        return None
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
-    metrics, modes = _objectives(spec)
-    sampler = optuna.samplers.NSGAIISampler(seed=seed)
-    return OptunaSearch(metric=metrics, mode=modes, sampler=sampler)
-
-
-def _resources(spec: SweepSpec, options: SweepOptions) -> dict[str, float]:
-    cpus = options.cpus_per_trial if options.cpus_per_trial is not None else spec.cpus_per_trial
-    gpus = options.gpus_per_trial if options.gpus_per_trial is not None else spec.gpus_per_trial
-    return {"cpu": cpus, "gpu": gpus}
-
-
-def trial_name(trial: Any) -> str:
-    """Tune's display name: the grid point's name, else the trial id."""
-    return str(trial.config.get("overrides", {}).get("name") or trial.trial_id)
-
-
-def trial_dirname(trial: Any) -> str:
-    return f"tune_{trial.trial_id}"
-
-
-def _trainable(context: SweepContext, resources: dict[str, float]) -> Any:
-    from ray import tune
-
-    return tune.with_resources(tune.with_parameters(signlock_trainable, context=context), resources)
-
-
-def _run_config(name: str, storage: Path, options: SweepOptions, n_trials: int, steps: int) -> Any:
-    from ray import tune
-
-    from signlock.orchestrator.progress import SweepProgress
-
-    return tune.RunConfig(
-        name=name,
-        storage_path=str(storage),
-        failure_config=tune.FailureConfig(max_failures=options.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=options.checkpoint_keep),
-        callbacks=[SweepProgress(n_trials, steps, enabled=options.progress)],
-        verbose=1 if options.verbose else 0,
-    )
-
-
-LOCAL_RAY = "local"  # ray.init's address that always starts a new cluster owned by this process
-RAY_LOG = "ray.log"
-
-
-def _init_ray(options: SweepOptions) -> None:
-    """Attach to ``--address`` (``auto``, ``HOST:PORT``, ``ray://…``) or start this process's own
-    local Ray using every core of this machine — never a cluster someone else started here. Ray
-    sets each trial's OMP_NUM_THREADS (torch's thread count) to its ``cpus_per_trial``."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    env_vars = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIX)}
-    ray.init(
-        address=options.address or LOCAL_RAY,
-        include_dashboard=False,
-        log_to_driver=options.verbose,
-        runtime_env={"env_vars": env_vars} if env_vars else None,
-        configure_logging=options.verbose,
-    )
-
-
-def _send_ray_logs_to(path: Path) -> None:
-    """Ray's and Tune's own log records (the ``ray`` logger tree) go to ``path`` instead of the
-    terminal, so the terminal shows signlock's progress and results (``--verbose`` keeps Ray's
-    output there). Call after importing ray, which installs its terminal handler."""
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    ray_logger = logging.getLogger("ray")
-    for old in list(ray_logger.handlers):
-        ray_logger.removeHandler(old)
-        if isinstance(old, logging.FileHandler):  # a previous sweep's log in this process
-            old.close()
-    ray_logger.addHandler(handler)
-    ray_logger.propagate = False
-
-
-@contextlib.contextmanager
-def _stderr_to(path: Path, *, enabled: bool) -> Iterator[None]:
-    """File descriptor 2 points at ``path`` inside the block (child processes started there keep
-    it), so what Ray's processes print does not reach the terminal."""
-    if not enabled:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with path.open("a") as log:
-            os.dup2(log.fileno(), 2)
-            yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 # ---- launch / resume ----------------------------------------------------------------------
 
 
@@ -277,6 +147,17 @@ def _sweep_params(spec: SweepSpec, n_trials: int) -> dict[str, str]:
     return params
 
 
+def objectives(spec: SweepSpec) -> tuple[str, ...]:
+    """The sweep's two objectives, both minimised: the validation metric and flip_mean."""
+    return validation_objective(spec.base.model.kind), FLIP_OBJECTIVE
+
+
+def _resources(spec: SweepSpec, options: SweepOptions) -> dict[str, float]:
+    cpus = options.cpus_per_trial if options.cpus_per_trial is not None else spec.cpus_per_trial
+    gpus = options.gpus_per_trial if options.gpus_per_trial is not None else spec.gpus_per_trial
+    return {"cpu": cpus, "gpu": gpus}
+
+
 def launch_sweep(
     spec: SweepSpec, options: SweepOptions, *, name: str | None = None
 ) -> pd.DataFrame:
@@ -315,18 +196,17 @@ def launch_sweep(
         unique_names=spec.search == "grid" and spec.num_samples == 1,
         faults=options.faults,
     )
-    record = {
-        "context": context.to_dict(),
-        "resources": _resources(spec, options),
-        "n_trials": n_trials,
-        "options": {
-            "max_concurrent": options.max_concurrent,
-            "max_failures": options.max_failures,
-            "address": options.address,
-        },
-    }
-    (sweep_dir / SWEEP_FILE).write_text(json.dumps(record, indent=2))
-    return _fit(spec, context, record, options, restore=None)
+    record = SweepRecord(
+        context=context,
+        resources=_resources(spec, options),
+        n_trials=n_trials,
+        max_concurrent=options.max_concurrent,
+        max_failures=options.max_failures,
+        address=options.address,
+    )
+    record.write(sweep_dir)
+    ray_tune.fit(spec, context, _tune_settings(spec, record, options), n_trials)
+    return finalize_sweep(spec, context)
 
 
 def resume_sweep(
@@ -338,18 +218,30 @@ def resume_sweep(
 ) -> pd.DataFrame:
     """``Tuner.restore`` a sweep after a crash or Ctrl-C; finished trials are kept, not rerun."""
     sweep_dir = sweep_dir_for(name_or_path, options.storage)
-    record = json.loads((sweep_dir / SWEEP_FILE).read_text())
-    context = SweepContext.from_dict(record["context"])
+    record = SweepRecord.read(sweep_dir)
+    context = record.context
     spec = SweepSpec.from_dict(context.spec)
     # Tune restores its own run config; the MLflow store and faults come with the context.
-    options = replace(options, address=options.address or record["options"]["address"])
+    options = replace(options, address=options.address or record.address)
     tracking.reopen_sweep_run(tracking.MlflowClient(context.tracking_uri), context.parent_run_id)
-    restore = {
-        "path": str(sweep_dir),
-        "resume_errored": resume_errored and not restart_errored,
-        "restart_errored": restart_errored,
-    }
-    return _fit(spec, context, record, options, restore=restore)
+    restore = ray_tune.Restore(resume_errored=resume_errored, restart_errored=restart_errored)
+    settings = _tune_settings(spec, record, options)
+    ray_tune.fit(spec, context, settings, record.n_trials, restore=restore)
+    return finalize_sweep(spec, context)
+
+
+def _tune_settings(
+    spec: SweepSpec, record: SweepRecord, options: SweepOptions
+) -> ray_tune.TuneSettings:
+    return ray_tune.TuneSettings(
+        resources=record.resources,
+        max_concurrent=record.max_concurrent,
+        max_failures=record.max_failures,
+        address=options.address,
+        objectives=objectives(spec),
+        progress=options.progress,
+        verbose=options.verbose,
+    )
 
 
 def _mlflow_experiment(options: SweepOptions) -> tuple[Any, str]:
@@ -364,78 +256,39 @@ def _mlflow_experiment(options: SweepOptions) -> tuple[Any, str]:
     return client, experiment_id
 
 
-def _fit(
-    spec: SweepSpec,
-    context: SweepContext,
-    record: dict[str, Any],
-    options: SweepOptions,
-    *,
-    restore: dict[str, Any] | None,
-) -> pd.DataFrame:
-    from ray import tune
-
-    resources = record["resources"]
-    trainable = _trainable(context, resources)
-    ray_log = Path(context.sweep_dir) / RAY_LOG
-    quiet = not options.verbose
-    if quiet:
-        _send_ray_logs_to(ray_log)
-    with _stderr_to(ray_log, enabled=quiet):  # Ray's daemons inherit it and write there too
-        _init_ray(options)
-    steps = spec.base.steps
-    if restore is None:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=_search_space(spec),
-            tune_config=tune.TuneConfig(
-                num_samples=spec.budget if spec.search == "optuna" else spec.num_samples,
-                max_concurrent_trials=record["options"]["max_concurrent"],
-                search_alg=_searcher(spec, seed=spec.seeds[0]),
-                trial_name_creator=trial_name,
-                trial_dirname_creator=trial_dirname,
-                reuse_actors=True,
-            ),
-            run_config=_run_config(
-                context.sweep_name, options.storage, options, record["n_trials"], steps
-            ),
-        )
-    else:
-        tuner = tune.Tuner.restore(trainable=trainable, **restore)
-    with ray_log.open("a") as log, contextlib.redirect_stdout(log if quiet else sys.stdout):
-        results = tuner.fit()  # Tune prints its experiment box and hints on stdout
-    return finalize_sweep(spec, context, results)
-
-
 # ---- results ------------------------------------------------------------------------------
 
 
-def _result_row(result: Any) -> dict[str, Any]:
-    metrics = result.metrics or {}
-    overrides = (result.config or {}).get("overrides", {})
-    row: dict[str, Any] = {
-        "trial_id": metrics.get("trial_id") or Path(result.path).name.removeprefix("tune_"),
-        "name": overrides.get("name", ""),
-        "status": "ERROR" if result.error is not None else "TERMINATED",
-        "step": metrics.get("step"),
-    }
-    row.update({key: metrics.get(key, math.nan) for key in RESULT_METRICS})
-    sampled = {k: v for k, v in (result.config or {}).items() if k != "overrides"}
-    row.update({f"config.{key}": value for key, value in sampled.items()})
-    if result.error is not None:
-        row["error"] = str(result.error).strip().splitlines()[-1][:300]
-    return row
+def read_summaries(sweep_dir: Path) -> pd.DataFrame:
+    """The sweep's ``summaries/`` dataset, one row per finished trial, indexed by trial name."""
+    directory = sweep_dir / "summaries"
+    if not directory.is_dir():
+        return pd.DataFrame(index=pd.Index([], name="trial"))
+    table = pads.dataset(directory, format="parquet", partitioning="hive").to_table()
+    frame = table.to_pandas()
+    frame["trial"] = frame["trial"].astype(str)
+    return frame.set_index("trial")
 
 
-def finalize_sweep(spec: SweepSpec, context: SweepContext, results: Any) -> pd.DataFrame:
+def trials_table(states: pd.DataFrame, summaries: pd.DataFrame) -> pd.DataFrame:
+    """Tune's view of every trial (status, failures, last metrics, error) with each finished
+    trial's results taken from its row in ``summaries/``."""
+    table = states.copy()
+    finished = table["name"].isin(summaries.index) & (table["status"] == "TERMINATED")
+    if finished.any():
+        rows = summaries.loc[table.loc[finished, "name"]]
+        table.loc[finished, "step"] = rows["steps"].to_numpy()
+        for metric in RESULT_METRICS:
+            if metric in rows:
+                table.loc[finished, metric] = rows[metric].to_numpy()
+    return table
+
+
+def finalize_sweep(spec: SweepSpec, context: SweepContext) -> pd.DataFrame:
     """Write trials.csv / pareto.csv, attach them to the parent run and close it."""
-    table = pd.DataFrame([_result_row(result) for result in results])
     sweep_dir = Path(context.sweep_dir)
+    table = trials_table(ray_tune.trial_table(sweep_dir, context), read_summaries(sweep_dir))
     client = tracking.MlflowClient(context.tracking_uri)
-    if len(table):  # Tune's own record: trials stopped by Ctrl-C are neither done nor errored
-        states = sweep_status(sweep_dir).trials.set_index("trial_id")["status"]
-        table["status"] = table["trial_id"].map(states).fillna(table["status"])
-        names = tracking.trial_names(client, context.experiment_id, context.parent_run_id)
-        table["name"] = table["trial_id"].map(names).fillna(table["name"])
     table.to_csv(sweep_dir / "trials.csv", index=False)
     client.log_artifact(context.parent_run_id, str(sweep_dir / "trials.csv"))
     pareto = _pareto(spec, table)
@@ -452,11 +305,11 @@ def finalize_sweep(spec: SweepSpec, context: SweepContext, results: Any) -> pd.D
 def _pareto(spec: SweepSpec, table: pd.DataFrame) -> pd.DataFrame | None:
     from signlock.analysis.pareto import pareto_front
 
-    objectives, modes = _objectives(spec)
+    targets = list(objectives(spec))
     finished = table[table["status"] == "TERMINATED"] if len(table) else table
-    if finished.empty or finished[objectives].isna().all(axis=None):
+    if finished.empty or finished[targets].isna().all(axis=None):
         return None
-    return pareto_front(finished, objectives, modes)
+    return pareto_front(finished, targets, ["min"] * len(targets))
 
 
 def format_table(table: pd.DataFrame, columns: Sequence[str] | None = None) -> str:

@@ -1,4 +1,7 @@
-"""MLflow bookkeeping for sweeps: one parent run per sweep, one child run per trial.
+"""The MLflow adapter: every line of signlock that talks to MLflow.
+
+Sweeps log one parent run per sweep and one child run per trial; ``query`` reads runs back;
+``signlock server``/``ui`` run MLflow's own server (bound to 127.0.0.1 unless told).
 
 Everything goes through an explicit ``MlflowClient`` (no global active run), so trial workers in
 other processes log concurrently without sharing state. A trial's child run is found again by
@@ -11,8 +14,12 @@ are not logged twice.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
+import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from importlib import metadata
@@ -22,6 +29,8 @@ from typing import Any
 import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+
+from signlock.trainables.errors import ConfigError, InputNotFoundError
 
 TAG_KIND = "signlock.kind"  # "sweep" on parent runs, "trial" on child runs
 TAG_SWEEP = "signlock.sweep"
@@ -37,6 +46,9 @@ KIND_COLUMN = f"tags.{TAG_KIND}"
 PARAM_VALUE_LIMIT = 6000  # MLflow's limit on a param value's length
 BATCH_LIMIT = 1000  # metrics per log_batch call (MLflow allows 1000)
 PACKAGES = ("signlock", "torch", "ray", "mlflow", "optuna", "pandas", "pyarrow", "submitit")
+# MLflow announces creating or upgrading a sqlite store's tables at INFO level on the terminal.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+
 TRIAL_ARTIFACTS = (
     "config.json",
     "summary.json",
@@ -166,18 +178,6 @@ def find_trial_run(
     return runs[0].info.run_id if runs else None
 
 
-def trial_names(client: MlflowClient, experiment_id: str, parent_run_id: str) -> dict[str, str]:
-    """Tune trial id of each child run's latest attempt → the trial's name."""
-    runs = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'", max_results=50000
-    )
-    return {
-        r.data.tags[TAG_TRIAL_ID]: r.data.tags[TAG_TRIAL]
-        for r in runs
-        if TAG_TRIAL_ID in r.data.tags and TAG_TRIAL in r.data.tags
-    }
-
-
 class TrialRun:
     """A trial's child run: opened (or re-opened) once per attempt, then fed rows and a summary."""
 
@@ -289,8 +289,6 @@ def local_store_path(tracking_uri: str) -> Path | None:
 
 def open_existing_store(tracking_uri: str) -> MlflowClient:
     """A client of a store that must already exist: read-only commands never create one."""
-    from signlock.trainables.errors import InputNotFoundError
-
     path = local_store_path(tracking_uri)
     if path is not None and not path.exists():
         raise InputNotFoundError(f"no MLflow store at {path}")
@@ -302,8 +300,6 @@ def search_runs_frame(tracking_uri: str, experiment: str, mlflow_filter: str) ->
     ``status``, ``start_time``, ``end_time``, then ``params.*``, ``metrics.*`` (latest values)
     and ``tags.*`` columns, like ``mlflow.search_runs`` but through an explicit client."""
     from mlflow.exceptions import MlflowException
-
-    from signlock.trainables.errors import ConfigError
 
     client = open_existing_store(tracking_uri)
     found = client.get_experiment_by_name(experiment)
@@ -339,3 +335,52 @@ def _run_row(run: Any) -> dict[str, Any]:
     row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
     row.update({f"tags.{k}": v for k, v in run.data.tags.items()})
     return row
+
+
+# ---- `signlock server` / `signlock ui`: MLflow's own server, on 127.0.0.1 unless told --------
+
+BACKEND_SCHEMES = ("sqlite:///", "postgresql://", "postgresql+psycopg2://", "mysql://")
+
+
+def mlflow_server_command(
+    *,
+    backend_store_uri: str,
+    artifacts_destination: str,
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    ui_only: bool = False,
+) -> list[str]:
+    """The ``mlflow server`` (or ``mlflow ui``) command line for these stores."""
+    if not backend_store_uri.startswith(BACKEND_SCHEMES):
+        raise ConfigError(
+            "--backend-store-uri", backend_store_uri, "one of " + ", ".join(BACKEND_SCHEMES)
+        )
+    if not 0 < port < 65536:
+        raise ConfigError("--port", port, "1..65535")
+    if backend_store_uri.startswith("sqlite:///"):
+        Path(backend_store_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
+    command = [mlflow, "ui" if ui_only else "server"]
+    command += ["--backend-store-uri", backend_store_uri, "--host", host, "--port", str(port)]
+    if ui_only:
+        return [*command, "--default-artifact-root", _as_uri(artifacts_destination)]
+    return [*command, "--artifacts-destination", _as_uri(artifacts_destination)]
+
+
+def _as_uri(location: str) -> str:
+    if "://" in location:
+        return location
+    path = Path(location).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path.as_uri()
+
+
+def run_foreground(command: list[str]) -> int:
+    """Run until Ctrl-C; the server's own output goes to the terminal."""
+    print("signlock: " + " ".join(command), file=sys.stderr)
+    process = subprocess.Popen(command, env=os.environ.copy())
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        process.terminate()
+        return process.wait()

@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from signlock.orchestrator import tracking
 from signlock.orchestrator.query import apply_filter, parse_filter, write_runs
-from signlock.orchestrator.trainable import FaultInjection, running_objectives
+from signlock.orchestrator.trial_runner import FaultInjection, running_objectives
 from signlock.trainables.errors import ConfigError
 
 RUNS = pd.DataFrame(
@@ -116,7 +116,7 @@ def test_a_reopened_trial_run_continues_without_duplicate_steps(tmp_path):
     assert [a.path for a in client.list_artifacts(first.run_id)] == ["summary.json"]
     children = client.search_runs([experiment], f"tags.`{tracking.TAG_KIND}` = 'trial'")
     assert len(children) == 1 and children[0].info.run_name == "s-0000"
-    assert tracking.trial_names(client, experiment, parent) == {"id-1": "s-0000"}
+    assert children[0].data.tags[tracking.TAG_TRIAL_ID] == "id-1"
 
 
 def test_running_objectives_are_the_latest_eval_and_the_trackers_flip_mean():

@@ -1,21 +1,22 @@
-"""The Ray Tune function trainable: one signlock ``Trial`` wired to Tune and MLflow.
+"""One sweep trial, independent of the scheduler: run directory, MLflow child run, Parquet.
 
-Per trial, under the sweep directory (assumed shared by all workers: a laptop, or a cluster
-with a shared filesystem such as SLURM home/scratch)::
+The Ray Tune adapter (:mod:`signlock.orchestrator.ray_tune`) calls :func:`run_sweep_trial` with
+Tune's trial id and a ``report`` callback; nothing here imports Ray. Per trial, under the sweep
+directory (shared by all workers: a laptop, or a cluster's shared filesystem)::
 
     runs/<trial>/                 the trial's run directory (see signlock.trainables.trainer)
-    runs/<trial>/attempts.jsonl   one line per start: attempt number, step it resumed from
+    runs/<trial>/attempts.jsonl   one line per start: attempt, scheduler trial id, resumed step
     flips/trial=<trial>/part-0.parquet      K histogram, written when the trial finishes
     summaries/trial=<trial>/part-0.parquet  flattened config + summary, one row
 
 ``<trial>`` is the trial's name: the grid point's (``my-sweep-0003``), or for sampled trials the
-spec name plus a hash of the sampled values. Unlike Tune's trial id it survives
-``restart_errored``, so a restarted trial keeps its run directory and its MLflow run.
+spec name plus a hash of the sampled values, so a restarted trial keeps its run directory and its
+MLflow run.
 
-Checkpoints: the trial writes ``checkpoints/latest.pt`` every ``checkpoint_every`` steps and the
-same file is reported to Tune, so ``FailureConfig(max_failures)`` and ``Tuner.restore`` can resume
-it. On a restart the newer of the run directory's and Tune's checkpoint is used; when Tune hands
-over none (a first start, or ``restart_errored``) the trial starts from scratch.
+Checkpoints live only in the run directory (``checkpoints/latest.pt``, every ``checkpoint_every``
+steps). A new attempt of the same scheduler trial (a retry after a crash, a resumed sweep)
+continues from it; an attempt under a new trial id for the same name (``--restart-errored``)
+starts from scratch.
 """
 
 from __future__ import annotations
@@ -24,17 +25,14 @@ import functools
 import hashlib
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
-from ray import tune
 
 from signlock.orchestrator.tracking import TrialRun, finite_metrics, flatten_params
 from signlock.search_spaces.spec import SweepSpec
@@ -44,7 +42,11 @@ from signlock.trainables.schema import FLIP_OBJECTIVE, VALIDATION_METRICS
 from signlock.trainables.trainer import CHECKPOINT_NAME, Trial, checkpoint_step
 
 DIVERGED_MARKER = "diverged.json"
+ATTEMPTS_LOG = "attempts.jsonl"
 FAULT_KINDS = ("raise", "nan")
+
+# report(metrics) is called at every log step while the trial runs.
+Report = Callable[[dict[str, float]], None]
 
 
 class InjectedFault(RuntimeError):
@@ -100,8 +102,8 @@ def _spec(spec_json: str) -> SweepSpec:
 
 
 def resolve_trial_config(context: SweepContext, config: dict[str, Any]) -> TrialConfig:
-    """Tune's trial config → TrialConfig: the grid point under ``"overrides"`` (Optuna trials
-    have none and use the spec's single point) merged with the sampled dotted keys."""
+    """The scheduler's trial config → TrialConfig: the grid point under ``"overrides"`` (Optuna
+    trials have none and use the spec's single point) merged with the sampled dotted keys."""
     spec = _spec(json.dumps(context.spec, sort_keys=True))
     sampled = {key: value for key, value in config.items() if key != "overrides"}
     point = config.get("overrides") or spec.grid_overrides()[0]
@@ -112,47 +114,50 @@ def resolve_trial_config(context: SweepContext, config: dict[str, Any]) -> Trial
     return cfg
 
 
-def _adopt_checkpoint(run_dir: Path) -> int:
-    """Make ``run_dir`` hold the newest usable checkpoint; returns its step (-1: start fresh)."""
-    local = run_dir / "checkpoints" / CHECKPOINT_NAME
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        for stale in (local, local.with_suffix(".json"), run_dir / DIVERGED_MARKER):
-            stale.unlink(missing_ok=True)
-        return -1
-    with checkpoint.as_directory() as directory:
-        reported = Path(directory) / CHECKPOINT_NAME
-        if checkpoint_step(reported) > checkpoint_step(local):
-            local.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(reported, local)
-            shutil.copy2(reported.with_suffix(".json"), local.with_suffix(".json"))
-    return checkpoint_step(local)
+def varied_fields(context: SweepContext, cfg: TrialConfig) -> dict[str, Any]:
+    """``config.<key>`` for every field the sweep varies (axes, points, seed) in this trial."""
+    spec = _spec(json.dumps(context.spec, sort_keys=True))
+    keys = [axis.key for axis in spec.axes] + [k for p in spec.points for k in p] + ["seed"]
+    values = cfg.to_dict()
+    return {
+        f"config.{key}": functools.reduce(lambda node, part: node[part], key.split("."), values)
+        for key in dict.fromkeys(keys)
+        if key != "name"
+    }
 
 
-def _tune_checkpoint(saved: Path) -> tune.Checkpoint:
-    """A Tune checkpoint directory holding the trial checkpoint (``report`` copies it to storage).
-    Staged beside the run directory with hard links, so large checkpoints are not copied twice."""
-    staging = Path(tempfile.mkdtemp(prefix=".tune-checkpoint-", dir=saved.parent))
-    for source in (saved, saved.with_suffix(".json")):
-        try:
-            os.link(source, staging / source.name)
-        except OSError:  # a filesystem without hard links
-            shutil.copy2(source, staging / source.name)
-    return tune.Checkpoint.from_directory(str(staging))
+def _attempts(run_dir: Path) -> list[dict[str, Any]]:
+    log = run_dir / ATTEMPTS_LOG
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
-def _record_attempt(run_dir: Path, from_step: int) -> float:
+def _start_over_unless_continuing(run_dir: Path, trial_id: str) -> None:
+    """A run directory last used by another scheduler trial of this name was restarted from
+    scratch (``--restart-errored``): drop its checkpoint and divergence marker."""
+    attempts = _attempts(run_dir)
+    previous = attempts[-1].get("trial_id", trial_id) if attempts else trial_id
+    if previous == trial_id:
+        return
+    checkpoint = run_dir / "checkpoints" / CHECKPOINT_NAME
+    for stale in (checkpoint, checkpoint.with_suffix(".json"), run_dir / DIVERGED_MARKER):
+        stale.unlink(missing_ok=True)
+
+
+def _record_attempt(run_dir: Path, trial_id: str, from_step: int) -> float:
     """Append this start to ``attempts.jsonl``; returns its start time."""
-    log = run_dir / "attempts.jsonl"
-    attempt = len(log.read_text().splitlines()) + 1 if log.exists() else 1
     started = time.time()
-    with log.open("a") as handle:
-        handle.write(json.dumps({"attempt": attempt, "from_step": from_step, "t": started}))
-        handle.write("\n")
+    entry = {
+        "attempt": len(_attempts(run_dir)) + 1,
+        "trial_id": trial_id,
+        "from_step": from_step,
+        "t": started,
+    }
+    with (run_dir / ATTEMPTS_LOG).open("a") as handle:
+        handle.write(json.dumps(entry) + "\n")
     return started
 
 
-def _write_partition(sweep_dir: Path, dataset: str, trial: str, table: pd.DataFrame) -> None:
+def write_partition(sweep_dir: Path, dataset: str, trial: str, table: pd.DataFrame) -> None:
     """Hive-partitioned ``<dataset>/trial=<name>/part-0.parquet``, replaced atomically."""
     directory = sweep_dir / dataset / f"trial={trial}"
     directory.mkdir(parents=True, exist_ok=True)
@@ -173,8 +178,8 @@ def _inject(fault: FaultInjection, trial: Trial, run_dir: Path) -> None:
 
 
 def running_objectives(rows: list[dict[str, float]]) -> dict[str, float]:
-    """What Tune sees as the trial's objectives while it runs: the latest validation metrics and
-    the tracker's cumulative flip_mean of the newest row."""
+    """What the scheduler sees as the trial's objectives while it runs: the latest validation
+    metrics and the tracker's cumulative flip_mean of the newest row."""
     latest_eval = next((r for r in reversed(rows) if not math.isnan(r["val_loss"])), {})
     objectives = {key: latest_eval.get(key, math.nan) for key in VALIDATION_METRICS}
     return {**objectives, FLIP_OBJECTIVE: rows[-1][FLIP_OBJECTIVE] if rows else math.nan}
@@ -187,15 +192,15 @@ def _check_diverged(run_dir: Path) -> None:
         raise TrainingDivergedError(json.loads(marker.read_text())["reason"])
 
 
-def signlock_trainable(config: dict[str, Any], context: SweepContext) -> None:
-    """Tune function trainable (bind ``context`` with ``tune.with_parameters``)."""
-    trial_id = tune.get_context().get_trial_id()
+def run_sweep_trial(
+    config: dict[str, Any], context: SweepContext, trial_id: str, report: Report
+) -> dict[str, float]:
+    """Run (or continue) one trial of the sweep; its final metrics for the scheduler."""
     cfg = resolve_trial_config(context, config)
     sweep_dir = Path(context.sweep_dir)
     run_dir = sweep_dir / "runs" / cfg.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    start_step = _adopt_checkpoint(run_dir)
-    started = _record_attempt(run_dir, max(start_step, 0))
+    _start_over_unless_continuing(run_dir, trial_id)
     mlflow_run = TrialRun(
         context.tracking_uri,
         context.experiment_id,
@@ -209,23 +214,17 @@ def signlock_trainable(config: dict[str, Any], context: SweepContext) -> None:
     try:
         _check_diverged(run_dir)
         trial = Trial(cfg, run_dir, progress=False)
+        from_step = max(checkpoint_step(trial.checkpoint_path), 0)
+        started = _record_attempt(run_dir, trial_id, from_step)
 
-        def report(row: dict[str, float], saved: Path | None) -> None:
+        def on_row(row: dict[str, float], _saved: Path | None) -> None:
             mlflow_run.log_rows([row])
             for fault in faults:
                 if int(row["step"]) == fault.step:
                     _inject(fault, trial, run_dir)
-            metrics = {**finite_metrics(row), **running_objectives(trial.rows)}
-            if saved is None:
-                tune.report(metrics)
-                return
-            checkpoint = _tune_checkpoint(saved)
-            try:
-                tune.report(metrics, checkpoint=checkpoint)
-            finally:
-                shutil.rmtree(checkpoint.path, ignore_errors=True)
+            report({**finite_metrics(row), **running_objectives(trial.rows)})
 
-        summary = trial.run(report, resume=start_step >= 0)
+        summary = trial.run(on_row)
     except TrainingDivergedError as error:
         (run_dir / DIVERGED_MARKER).write_text(json.dumps({"reason": str(error)}))
         mlflow_run.fail(f"TrainingDivergedError: {error}", run_dir)
@@ -236,7 +235,7 @@ def signlock_trainable(config: dict[str, Any], context: SweepContext) -> None:
     mlflow_run.finish(summary, run_dir)
     timing = {"attempt_started_at": started, "finished_at": time.time()}
     _write_sweep_tables(sweep_dir, cfg, {**summary, **timing}, run_dir)
-    tune.report({**finite_metrics(summary), "step": summary["steps"], "finished": 1.0})
+    return {**finite_metrics(summary), "step": summary["steps"], "finished": 1.0}
 
 
 def _write_sweep_tables(
@@ -244,6 +243,6 @@ def _write_sweep_tables(
 ) -> None:
     flips_path = run_dir / "flips.parquet"
     if flips_path.is_file():
-        _write_partition(sweep_dir, "flips", cfg.name, pd.read_parquet(flips_path))
+        write_partition(sweep_dir, "flips", cfg.name, pd.read_parquet(flips_path))
     row = {**flatten_params(cfg.to_dict()), **finite_metrics(summary), "run_dir": str(run_dir)}
-    _write_partition(sweep_dir, "summaries", cfg.name, pd.DataFrame([row]))
+    write_partition(sweep_dir, "summaries", cfg.name, pd.DataFrame([row]))

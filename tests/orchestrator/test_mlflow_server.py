@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from signlock.orchestrator.servers import mlflow_server_command
+from signlock.orchestrator.tracking import mlflow_server_command
 from signlock.trainables.errors import ConfigError
 
 
