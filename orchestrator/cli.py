@@ -135,8 +135,71 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         faults=tuple(FaultInjection.parse(text) for text in args.inject_fault),
     )
+    if args.backend == "slurm":
+        from signlock.orchestrator.submit import submit_sweep
+
+        request = _slurm_request(args)
+        sweep_dir, job_id = submit_sweep(spec, options, request, name=args.name)
+        return _after_submission(args, sweep_dir, job_id)
+    _refuse_slurm_flags(args)
     table = launch_sweep(spec, options, name=args.name)
     print_results(table, options.storage / (args.name or spec.name))
+    return _exit_status(table)
+
+
+SLURM_FLAGS = (
+    "partition", "time", "nodes", "gpus_per_node", "cpus_per_node", "mem", "account", "qos",
+    "constraint", "slurm_setup", "max_requeues", "slurm_mode", "array_parallelism",
+)  # fmt: skip
+
+
+def _given_slurm_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The --backend slurm flags given on the command line, as SlurmRequest fields."""
+    given = {
+        name: getattr(args, name) for name in SLURM_FLAGS if getattr(args, name) not in (None, [])
+    }
+    renamed = {"slurm_setup": "setup", "slurm_mode": "mode"}
+    request = {renamed.get(name, name): value for name, value in given.items()}
+    if "setup" in request:
+        request["setup"] = tuple(request["setup"])
+    return request
+
+
+def _refuse_slurm_flags(args: argparse.Namespace) -> None:
+    given = _given_slurm_flags(args)
+    if given or args.wait:
+        name = next(iter(given), "wait")
+        flag = "--" + {"setup": "slurm-setup", "mode": "slurm-mode"}.get(name, name).replace(
+            "_", "-"
+        )
+        raise ConfigError(flag, given.get(name, True), "only with --backend slurm")
+
+
+def _slurm_request(args: argparse.Namespace) -> Any:
+    from signlock.cluster.slurm_request import SlurmRequest
+
+    given = _given_slurm_flags(args)
+    for required in ("partition", "time"):
+        if required not in given:
+            raise ConfigError(f"--{required}", None, "a value with --backend slurm")
+    return SlurmRequest(**given)
+
+
+def _after_submission(args: argparse.Namespace, sweep_dir: Path, job_id: str) -> int:
+    from signlock.orchestrator.submit import wait_for_job
+
+    print(f"submitted SLURM job {job_id} for sweep {sweep_dir.name} ({sweep_dir})")
+    if not args.wait:
+        print(
+            f"follow it with `signlock status {sweep_dir.name}` or "
+            f"`signlock logs {sweep_dir.name} --follow`",
+            file=sys.stderr,
+        )
+        return 0
+    from signlock.orchestrator.sweep import print_results
+
+    table = wait_for_job(sweep_dir)
+    print_results(table, sweep_dir)
     return _exit_status(table)
 
 
@@ -145,6 +208,16 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     options = _sweep_options(args)
     sweep_dir = sweep_dir_for(args.sweep, options.storage)
+    if args.backend == "slurm":
+        from signlock.orchestrator.ray_tune import Restore
+        from signlock.orchestrator.submit import resubmit_sweep
+
+        restore = Restore(
+            resume_errored=not args.skip_errored, restart_errored=args.restart_errored
+        )
+        _, job_id = resubmit_sweep(args.sweep, options, _given_slurm_flags(args), restore=restore)
+        return _after_submission(args, sweep_dir, job_id)
+    _refuse_slurm_flags(args)
     table = resume_sweep(
         args.sweep,
         options,
@@ -157,10 +230,35 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from signlock.orchestrator.status import format_status, sweep_status
+    from signlock.orchestrator.submit import job_line
     from signlock.orchestrator.sweep import storage_path, sweep_dir_for
 
     sweep_dir = sweep_dir_for(args.sweep, storage_path(args.storage))
+    slurm_job = job_line(sweep_dir)
+    if slurm_job is not None:
+        print(slurm_job)
     print(format_status(sweep_status(sweep_dir)))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from signlock.orchestrator.submit import print_logs
+    from signlock.orchestrator.sweep import storage_path, sweep_dir_for
+
+    print_logs(sweep_dir_for(args.sweep, storage_path(args.storage)), follow=args.follow)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from signlock.orchestrator.submit import cancel_sweep
+    from signlock.orchestrator.sweep import storage_path, sweep_dir_for
+
+    sweep_dir = sweep_dir_for(args.sweep, storage_path(args.storage))
+    job_id = cancel_sweep(sweep_dir)
+    print(
+        f"cancelled SLURM job {job_id}; continue with "
+        f"`signlock resume {sweep_dir.name} --backend slurm`"
+    )
     return 0
 
 
@@ -214,9 +312,36 @@ def _add_sweep_runtime_args(parser: argparse.ArgumentParser) -> None:
         default=str(DEFAULT_SWEEPS_DIR),
         help=f"directory holding sweeps (default {DEFAULT_SWEEPS_DIR})",
     )
-    parser.add_argument("--address", help="connect to an existing Ray cluster (e.g. auto)")
+    parser.add_argument(
+        "--address", help="an existing Ray cluster: auto, HOST:PORT or ray://HOST:PORT"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--verbose", action="store_true", help="Ray Tune's tables, worker logs")
+    _add_slurm_args(parser)
+
+
+def _add_slurm_args(parser: argparse.ArgumentParser) -> None:
+    slurm = parser.add_argument_group("SLURM (--backend slurm: one job, a Ray cluster inside)")
+    slurm.add_argument("--backend", choices=["local", "slurm"], default="local")
+    slurm.add_argument("--partition", help="SLURM partition (required with --backend slurm)")
+    slurm.add_argument("--time", help="job time limit, HH:MM:SS (required with --backend slurm)")
+    slurm.add_argument("--nodes", type=int, help="nodes of the allocation (default 1)")
+    slurm.add_argument("--gpus-per-node", type=int)
+    slurm.add_argument("--cpus-per-node", type=int)
+    slurm.add_argument("--mem", help="memory per node, e.g. 64G")
+    slurm.add_argument("--account")
+    slurm.add_argument("--qos")
+    slurm.add_argument("--constraint")
+    slurm.add_argument(
+        "--slurm-setup", action="append", default=[], metavar="CMD",
+        help="a shell line run before the job (e.g. 'module load cuda'); repeatable",
+    )  # fmt: skip
+    slurm.add_argument(
+        "--max-requeues", type=int, help="requeues after time limits or preemption (default 3)"
+    )
+    slurm.add_argument("--slurm-mode", choices=["ray", "array"], help=argparse.SUPPRESS)
+    slurm.add_argument("--array-parallelism", type=int, help=argparse.SUPPRESS)
+    slurm.add_argument("--wait", action="store_true", help="wait for the job and print the results")
 
 
 def _add_sweep_commands(commands: Any) -> None:
@@ -274,6 +399,17 @@ def _add_sweep_commands(commands: Any) -> None:
     status.add_argument("sweep", help="sweep name (under --storage) or sweep directory")
     status.add_argument("--storage", default=str(DEFAULT_SWEEPS_DIR))
     status.set_defaults(func=cmd_status)
+
+    logs = commands.add_parser("logs", help="a SLURM sweep's job output (stdout and stderr)")
+    logs.add_argument("sweep", help="sweep name (under --storage) or sweep directory")
+    logs.add_argument("--storage", default=str(DEFAULT_SWEEPS_DIR))
+    logs.add_argument("--follow", action="store_true", help="keep printing until the job ends")
+    logs.set_defaults(func=cmd_logs)
+
+    cancel = commands.add_parser("cancel", help="scancel a SLURM sweep's job (resumable)")
+    cancel.add_argument("sweep", help="sweep name (under --storage) or sweep directory")
+    cancel.add_argument("--storage", default=str(DEFAULT_SWEEPS_DIR))
+    cancel.set_defaults(func=cmd_cancel)
 
     query = commands.add_parser("query", help="search trial runs in MLflow")
     _add_tracking_args(query)

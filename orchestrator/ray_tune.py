@@ -253,6 +253,18 @@ def _new_tuner(
     )
 
 
+def disconnect() -> None:
+    """Leave the Ray cluster (before its head stops, so the head need not wait for us)."""
+    import ray
+
+    ray.shutdown()
+
+
+def has_saved_state(sweep_dir: Path) -> bool:
+    """Whether Tune saved this sweep's experiment state (so ``Tuner.restore`` can continue it)."""
+    return tune.Tuner.can_restore(str(sweep_dir))
+
+
 def fit(
     spec: SweepSpec,
     context: SweepContext,

@@ -7,7 +7,7 @@ and read only through :class:`SweepRecord`.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,14 @@ class SweepRecord:
     max_concurrent: int | None
     max_failures: int
     address: str | None  # the Ray address the sweep was started with (None: its own local Ray)
+    slurm_request: dict[str, Any] | None = None  # cluster.slurm_request.SlurmRequest.to_dict()
+    slurm_jobs: tuple[str, ...] = ()  # every SLURM job that ran the sweep, oldest first
+
+    def with_slurm_job(self, request: dict[str, Any], job_id: str) -> SweepRecord:
+        return replace(self, slurm_request=request, slurm_jobs=(*self.slurm_jobs, job_id))
 
     def to_dict(self) -> dict[str, Any]:
+        slurm = {"slurm": {"request": self.slurm_request, "jobs": list(self.slurm_jobs)}}
         return {
             "context": self.context.to_dict(),
             "resources": self.resources,
@@ -36,11 +42,13 @@ class SweepRecord:
                 "max_failures": self.max_failures,
                 "address": self.address,
             },
+            **(slurm if self.slurm_jobs else {}),
         }
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> SweepRecord:
         options = data["options"]
+        slurm = data.get("slurm") or {}
         return SweepRecord(
             context=SweepContext.from_dict(data["context"]),
             resources={key: float(value) for key, value in data["resources"].items()},
@@ -48,10 +56,14 @@ class SweepRecord:
             max_concurrent=options.get("max_concurrent"),
             max_failures=int(options["max_failures"]),
             address=options.get("address"),
+            slurm_request=slurm.get("request"),
+            slurm_jobs=tuple(str(job) for job in slurm.get("jobs", ())),
         )
 
     def write(self, sweep_dir: Path) -> None:
-        (sweep_dir / SWEEP_FILE).write_text(json.dumps(self.to_dict(), indent=2))
+        tmp = sweep_dir / f"{SWEEP_FILE}.tmp"  # `status` may read it while a job is submitted
+        tmp.write_text(json.dumps(self.to_dict(), indent=2))
+        tmp.replace(sweep_dir / SWEEP_FILE)
 
     @staticmethod
     def read(sweep_dir: Path) -> SweepRecord:

@@ -158,10 +158,11 @@ def _resources(spec: SweepSpec, options: SweepOptions) -> dict[str, float]:
     return {"cpu": cpus, "gpu": gpus}
 
 
-def launch_sweep(
+def prepare_sweep(
     spec: SweepSpec, options: SweepOptions, *, name: str | None = None
-) -> pd.DataFrame:
-    """Validate, create the MLflow parent run, run every trial on Ray Tune; the trials table."""
+) -> SweepRecord:
+    """Validate, create the sweep directory, its record and its MLflow parent run; nothing runs
+    yet (``run_sweep`` runs it here, or a SLURM job runs it on a cluster)."""
     options.validate()
     spec = with_checkpoints(_absolute_paths(spec), options.checkpoint_every)
     sweep_name = name or spec.name
@@ -205,7 +206,32 @@ def launch_sweep(
         address=options.address,
     )
     record.write(sweep_dir)
-    ray_tune.fit(spec, context, _tune_settings(spec, record, options), n_trials)
+    return record
+
+
+def launch_sweep(
+    spec: SweepSpec, options: SweepOptions, *, name: str | None = None
+) -> pd.DataFrame:
+    """Prepare the sweep and run every trial on Ray Tune from this process; the trials table."""
+    record = prepare_sweep(spec, options, name=name)
+    return run_sweep(Path(record.context.sweep_dir), options)
+
+
+def run_sweep(
+    sweep_dir: Path, options: SweepOptions, restore: ray_tune.Restore | None = None
+) -> pd.DataFrame:
+    """Run a prepared sweep to the end: a new Tuner, or ``Tuner.restore`` when ``restore`` is
+    given or Tune already saved the sweep's state (a requeued SLURM job); the trials table."""
+    record = SweepRecord.read(sweep_dir)
+    context = record.context
+    spec = SweepSpec.from_dict(context.spec)
+    if restore is None and ray_tune.has_saved_state(sweep_dir):
+        restore = ray_tune.Restore()
+    if restore is not None:
+        client = tracking.MlflowClient(context.tracking_uri)
+        tracking.reopen_sweep_run(client, context.parent_run_id)
+    settings = _tune_settings(spec, record, options)
+    ray_tune.fit(spec, context, settings, record.n_trials, restore=restore)
     return finalize_sweep(spec, context)
 
 
@@ -216,18 +242,13 @@ def resume_sweep(
     restart_errored: bool = False,
     resume_errored: bool = True,
 ) -> pd.DataFrame:
-    """``Tuner.restore`` a sweep after a crash or Ctrl-C; finished trials are kept, not rerun."""
+    """``Tuner.restore`` a sweep after a crash or Ctrl-C; finished trials are kept, not rerun.
+    It runs on the Ray cluster it was started with unless ``options.address`` says otherwise."""
     sweep_dir = sweep_dir_for(name_or_path, options.storage)
     record = SweepRecord.read(sweep_dir)
-    context = record.context
-    spec = SweepSpec.from_dict(context.spec)
-    # Tune restores its own run config; the MLflow store and faults come with the context.
     options = replace(options, address=options.address or record.address)
-    tracking.reopen_sweep_run(tracking.MlflowClient(context.tracking_uri), context.parent_run_id)
     restore = ray_tune.Restore(resume_errored=resume_errored, restart_errored=restart_errored)
-    settings = _tune_settings(spec, record, options)
-    ray_tune.fit(spec, context, settings, record.n_trials, restore=restore)
-    return finalize_sweep(spec, context)
+    return run_sweep(sweep_dir, options, restore)
 
 
 def _tune_settings(

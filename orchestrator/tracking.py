@@ -262,6 +262,11 @@ def reopen_sweep_run(client: MlflowClient, run_id: str) -> None:
     client.update_run(run_id, status="RUNNING")
 
 
+def mark_sweep_killed(client: MlflowClient, run_id: str) -> None:
+    """A cancelled sweep: KILLED until ``signlock resume`` reopens it."""
+    client.set_terminated(run_id, status="KILLED")
+
+
 def close_sweep_run(
     client: MlflowClient, run_id: str, n_trials: int, n_errors: int, n_unfinished: int = 0
 ) -> None:
@@ -357,6 +362,11 @@ def mlflow_server_command(
         )
     if not 0 < port < 65536:
         raise ConfigError("--port", port, "1..65535")
+    if backend_store_uri.startswith("postgresql://"):
+        # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; signlock[postgres] is psycopg2.
+        backend_store_uri = "postgresql+psycopg2://" + backend_store_uri.removeprefix(
+            "postgresql://"
+        )
     if backend_store_uri.startswith("sqlite:///"):
         Path(backend_store_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))

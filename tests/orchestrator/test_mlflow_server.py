@@ -29,6 +29,9 @@ def test_ui_and_explicit_host():
     )
     assert command[1] == "ui" and command[command.index("--host") + 1] == "0.0.0.0"
     assert command[command.index("--default-artifact-root") + 1] == "s3://bucket/artifacts"
+    # the psycopg2 driver of signlock[postgres], not SQLAlchemy's default psycopg 3
+    store = command[command.index("--backend-store-uri") + 1]
+    assert store == "postgresql+psycopg2://signlock@db.example/mlflow"
 
 
 @pytest.mark.parametrize(

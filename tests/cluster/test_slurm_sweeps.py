@@ -1,0 +1,145 @@
+"""Sweeps on a real SLURM (cluster/local_slurm.sh): submitit → sbatch → Ray → Tune → MLflow."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from signlock.cluster import slurm
+from signlock.orchestrator.record import SweepRecord
+from tests.orchestrator.test_sweep import (
+    check_sweep_outputs,
+    checkpoint_steps,
+    flips_dataset,
+    sweep_runs,
+    wait_for_ray_to_exit,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def slurm_flags(partition: str) -> list[str]:
+    return ["--backend", "slurm", "--partition", partition, "--time", "00:15:00",
+            "--cpus-per-node", "2"]  # fmt: skip
+
+
+def submitted_job(stdout: str) -> str:
+    line = next(line for line in stdout.splitlines() if line.startswith("submitted SLURM job"))
+    return line.split()[3]
+
+
+def wait_for(predicate, what: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def wait_for_job_end(job_id: str, timeout: float = 300) -> slurm.JobState:
+    wait_for(lambda: slurm.job_state(job_id).finished, f"SLURM job {job_id} to end", timeout)
+    return slurm.job_state(job_id)
+
+
+def midway(sweep_dir: Path) -> bool:
+    """Some trial has checkpointed at step 40 or later and not every trial has finished."""
+    done = list(sweep_dir.glob("summaries/trial=*"))
+    return len(done) < 4 and any(step >= 40 for step in checkpoint_steps(sweep_dir).values())
+
+
+def long_tiny_spec(tiny_spec) -> dict:
+    return tiny_spec(set={**tiny_spec()["set"], "steps": 400})
+
+
+def test_smoke_sweep_on_slurm_logs_one_parent_and_one_child_per_trial(
+    local_slurm, cli, sweep_root, tracking_uri
+):
+    result = cli(
+        "sweep", "enhancement-smoke", *slurm_flags(local_slurm), "--wait",
+        "--storage", str(sweep_root), "--tracking-uri", tracking_uri,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    job_id = submitted_job(result.stdout)
+    assert f"SLURM job {job_id}: completed" in result.stderr
+    parents, children = sweep_runs(tracking_uri, "enhancement-smoke")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 3 and {c.info.status for c in children} == {"FINISHED"}
+    sweep_dir = sweep_root / "enhancement-smoke"
+    trials = pd.read_csv(sweep_dir / "trials.csv")
+    assert len(trials) == 3 and (trials["status"] == "TERMINATED").all()
+    assert SweepRecord.read(sweep_dir).slurm_jobs == (job_id,)
+
+    status = cli("status", "enhancement-smoke", "--storage", str(sweep_root))
+    assert status.returncode == 0, status.stderr
+    assert f"SLURM job {job_id}: completed" in status.stdout and "terminated 3" in status.stdout
+    logs = cli("logs", "enhancement-smoke", "--storage", str(sweep_root))
+    assert logs.returncode == 0 and "Job completed successfully" in logs.stdout
+
+
+def test_a_cancelled_slurm_sweep_resumes_to_the_histograms_of_an_uninterrupted_one(
+    local_slurm, cli, write_spec, sweep_root, tracking_uri, tiny_spec
+):
+    spec = write_spec(long_tiny_spec(tiny_spec))
+    common = ["--storage", str(sweep_root), "--tracking-uri", tracking_uri]
+    submitted = cli("sweep", str(spec), "--name", "cancelled", *slurm_flags(local_slurm), *common)
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    job_id = submitted_job(submitted.stdout)
+    sweep_dir = sweep_root / "cancelled"
+    wait_for(lambda: midway(sweep_dir), "a trial midway")
+
+    cancelled = cli("cancel", "cancelled", "--storage", str(sweep_root))
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert wait_for_job_end(job_id).state == "CANCELLED"
+    wait_for_ray_to_exit()  # the cancelled job's trial workers write no more
+    parents, _ = sweep_runs(tracking_uri, "cancelled")
+    assert parents[0].info.status == "KILLED"
+    assert len(list(sweep_dir.glob("summaries/trial=*"))) < 4
+
+    resumed = cli("resume", "cancelled", "--storage", str(sweep_root), "--backend", "slurm",
+                  "--wait")  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert len(SweepRecord.read(sweep_dir).slurm_jobs) == 2  # the first job's request reused
+    check_sweep_outputs(tracking_uri, sweep_root, "cancelled", 4)  # no duplicate runs
+
+    reference = cli("sweep", str(spec), "--name", "reference", "--quiet", *common)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    def histograms(sweep: str) -> pd.DataFrame:
+        flips = flips_dataset(sweep_root, sweep).astype({"trial": str})
+        return flips.sort_values(["trial", "tensor", "k"], ignore_index=True)
+
+    pd.testing.assert_frame_equal(histograms("cancelled"), histograms("reference"))
+
+
+def test_a_requeued_slurm_sweep_completes_on_its_own(
+    local_slurm, cli, write_spec, sweep_root, tracking_uri, tiny_spec
+):
+    spec = write_spec(long_tiny_spec(tiny_spec))
+    submitted = cli(
+        "sweep", str(spec), "--name", "requeued", *slurm_flags(local_slurm),
+        "--storage", str(sweep_root), "--tracking-uri", tracking_uri,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    job_id = submitted_job(submitted.stdout)
+    sweep_dir = sweep_root / "requeued"
+    wait_for(lambda: midway(sweep_dir), "a trial midway")
+
+    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    state = wait_for_job_end(job_id, timeout=600)
+    assert state.state == "COMPLETED" and state.restarts >= 1
+    trials = pd.read_csv(sweep_dir / "trials.csv")
+    assert len(trials) == 4 and (trials["status"] == "TERMINATED").all()
+    attempts = [len(p.read_text().splitlines()) for p in sweep_dir.glob("runs/*/attempts.jsonl")]
+    assert max(attempts) >= 2  # the trial running at the requeue started again, in the new job
+    children = check_sweep_outputs(tracking_uri, sweep_root, "requeued", 4)
+    assert {c.info.status for c in children} == {"FINISHED"}
+    assert (
+        MlflowClient(tracking_uri)
+        .get_run(sweep_runs(tracking_uri, "requeued")[0][0].info.run_id)
+        .info.status
+        == "FINISHED"
+    )
