@@ -16,6 +16,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,8 +239,17 @@ def job_state(job_id: str) -> JobState:
     return JobState(job_id, _sacct_state(job_id) or "UNKNOWN")
 
 
-def cancel(job_id: str) -> None:
+def cancel(job_id: str, *, timeout_s: float = 180.0) -> None:
+    """``scancel`` the job and wait until SLURM has stopped its processes (squeue drops it
+    after its COMPLETING phase), so nothing of it writes on after we return."""
     _run(["scancel", job_id])
+    deadline = time.monotonic() + timeout_s
+    while _run(["squeue", "-h", "-j", job_id, "-o", "%T"]).strip():
+        if time.monotonic() > deadline:
+            raise SlurmError(
+                f"SLURM job {job_id} still has processes {timeout_s:.0f}s after scancel"
+            )
+        time.sleep(1.0)
 
 
 def requeue(job_id: str) -> None:

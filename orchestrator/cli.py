@@ -229,6 +229,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from signlock.orchestrator.ray_tune import has_saved_state
     from signlock.orchestrator.status import format_status, sweep_status
     from signlock.orchestrator.submit import job_line
     from signlock.orchestrator.sweep import storage_path, sweep_dir_for
@@ -237,6 +238,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     slurm_job = job_line(sweep_dir)
     if slurm_job is not None:
         print(slurm_job)
+        if not has_saved_state(sweep_dir):
+            print(f"sweep {sweep_dir.name}: no trial has started yet")
+            return 0
     print(format_status(sweep_status(sweep_dir)))
     return 0
 

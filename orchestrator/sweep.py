@@ -225,8 +225,11 @@ def run_sweep(
     record = SweepRecord.read(sweep_dir)
     context = record.context
     spec = SweepSpec.from_dict(context.spec)
-    if restore is None and ray_tune.has_saved_state(sweep_dir):
+    saved = ray_tune.has_saved_state(sweep_dir)
+    if restore is None and saved:
         restore = ray_tune.Restore()
+    if restore is not None and not saved:  # stopped before Tune saved anything: start afresh
+        restore = None
     if restore is not None:
         client = tracking.MlflowClient(context.tracking_uri)
         tracking.reopen_sweep_run(client, context.parent_run_id)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+LOCAL_SLURM = REPO_ROOT / "cluster" / "local_slurm.sh"
 # A checkout beside the developers' shared folder, or a CI clone elsewhere on the same machine.
 TINYSHAKESPEARE_CANDIDATES = (
     REPO_ROOT.parent / "shared" / "data" / "tinyshakespeare.txt",
@@ -65,3 +68,15 @@ def seeded_cache(
     target.write_bytes(tinyshakespeare_path.read_bytes())
     monkeypatch.setenv("SIGNLOCK_CACHE", str(cache))
     return cache
+
+
+@pytest.fixture(scope="session")
+def local_slurm() -> Iterator[str]:
+    """Starts SLURM (installing it from Debian's packages if missing) unless it already runs;
+    stops it afterwards only if this fixture started it. Yields the partition name."""
+    already_up = subprocess.run([LOCAL_SLURM, "status"], capture_output=True).returncode == 0
+    up = subprocess.run([LOCAL_SLURM, "up"], capture_output=True, text=True, timeout=900)
+    assert up.returncode == 0, up.stderr
+    yield "debug"
+    if not already_up:
+        subprocess.run([LOCAL_SLURM, "down"], capture_output=True, timeout=120)

@@ -100,3 +100,27 @@ def assert_ui_serves(command: str, cwd: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def slurm_block() -> list[str]:
+    match = re.search(r"## On SLURM\n.*?```bash\n(.+?)\n```", README, flags=re.DOTALL)
+    assert match, "README has no bash block under '## On SLURM'"
+    return [line for line in match.group(1).splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_the_slurm_block_runs_against_a_real_slurm(tmp_path, local_slurm):
+    sweep, status, cancel, resume, logs = slurm_block()
+    assert f"--partition {local_slurm}" in sweep
+    submitted = signlock(sweep, tmp_path)
+    assert submitted.returncode == 0, submitted.stderr
+    assert submitted.stdout.startswith("submitted SLURM job")
+    shown = signlock(status, tmp_path)
+    assert shown.returncode == 0 and shown.stdout.startswith("SLURM job"), shown.stderr
+    stopped = signlock(cancel, tmp_path)
+    assert stopped.returncode == 0 and "cancelled SLURM job" in stopped.stdout, stopped.stderr
+    finished = signlock(resume, tmp_path)
+    assert finished.returncode == 0, finished.stderr
+    assert "completed" in finished.stderr and "Pareto set" in finished.stdout
+    printed = signlock(logs, tmp_path)
+    assert printed.returncode == 0 and "Job completed successfully" in printed.stdout
