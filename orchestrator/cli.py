@@ -108,8 +108,20 @@ def _load_spec(args: argparse.Namespace) -> Any:
 def cmd_plan(args: argparse.Namespace) -> int:
     from signlock.search_spaces.plan import format_plan, plan_sweep
 
-    print(format_plan(plan_sweep(_load_spec(args))))
+    plan = plan_sweep(_load_spec(args))
+    print(format_plan(plan))
+    _check_gpu_memory(args, plan)
     return 0
+
+
+def _check_gpu_memory(args: argparse.Namespace, plan: Any) -> None:
+    """``--gpu-memory SIZE``: refuse a sweep with a trial that would not fit that GPU."""
+    if args.gpu_memory is None:
+        return
+    from signlock.search_spaces.memory import parse_memory_size
+    from signlock.search_spaces.plan import check_gpu_memory
+
+    check_gpu_memory(plan, parse_memory_size(args.gpu_memory))
 
 
 def _exit_status(table: Any) -> int:
@@ -126,6 +138,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     spec = _load_spec(args)
     if args.search is not None or args.budget is not None:
         spec = with_search(spec, args.search or spec.search, args.budget)
+    if args.gpu_memory is not None:
+        from signlock.search_spaces.plan import plan_sweep
+
+        _check_gpu_memory(args, plan_sweep(spec))
     options = _sweep_options(
         args,
         max_concurrent=args.max_concurrent,
@@ -348,10 +364,19 @@ def _add_slurm_args(parser: argparse.ArgumentParser) -> None:
     slurm.add_argument("--wait", action="store_true", help="wait for the job and print the results")
 
 
+def _add_gpu_memory_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--gpu-memory",
+        metavar="SIZE",
+        help="memory of the GPU each trial gets (e.g. 80GB): refuse trials predicted not to fit",
+    )
+
+
 def _add_sweep_commands(commands: Any) -> None:
     plan = commands.add_parser("plan", help="trial count, compute and resources of a sweep")
     plan.add_argument("spec", help="a sweep preset (see `signlock presets`) or a YAML spec")
     plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    _add_gpu_memory_arg(plan)
     plan.set_defaults(func=cmd_plan)
 
     sweep = commands.add_parser("sweep", help="run a sweep on Ray Tune, logging to MLflow")
@@ -375,6 +400,7 @@ def _add_sweep_commands(commands: Any) -> None:
         type=int,
         help="steps between trial checkpoints (default: the trial's own, else ~10 per trial)",
     )
+    _add_gpu_memory_arg(sweep)
     sweep.add_argument("--search", choices=["grid", "optuna"], help="override the spec's search")
     sweep.add_argument("--budget", type=int, help="number of Optuna trials")
     sweep.add_argument(

@@ -15,8 +15,16 @@ import json
 from dataclasses import dataclass
 
 from signlock.search_spaces.axes import PRESET_KEY
+from signlock.search_spaces.memory import (
+    MemoryEstimate,
+    estimate_memory,
+    format_bytes,
+    format_estimate,
+    model_key,
+)
 from signlock.search_spaces.spec import SweepSpec
 from signlock.trainables.config import ModelConfig, TrialConfig
+from signlock.trainables.errors import ConfigError
 from signlock.trainables.models import (
     SCALE_CONFIGS,
     TINYSHAKESPEARE_VOCAB,
@@ -41,6 +49,7 @@ class TrialPlan:
     tokens_per_step: int  # images per step for the MLP
     tokens: int
     flops: float
+    memory: MemoryEstimate
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,7 @@ class SweepPlan:
     n_trials: int
     trials: tuple[TrialPlan, ...]
     params: dict[str, int]  # model label -> parameter count
+    memory: dict[str, MemoryEstimate]  # model label -> predicted peak memory of one trial
     unit: str  # "tokens" (language models) or "samples" (MNIST)
     cpus_per_trial: float
     gpus_per_trial: float
@@ -136,6 +146,17 @@ def model_label(cfg: TrialConfig, preset: str | None = None) -> str:
     return f"{name} ({label})" if name else label
 
 
+@functools.lru_cache(maxsize=256)
+def _memory(key: str, cfg_json: str) -> MemoryEstimate:
+    cfg = TrialConfig.from_json(cfg_json)
+    return estimate_memory(cfg, vocab_size(cfg))
+
+
+def trial_memory(cfg: TrialConfig) -> MemoryEstimate:
+    """Predicted peak memory of ``cfg`` (shared by every trial with the same model and batch)."""
+    return _memory(model_key(cfg), cfg.to_json())
+
+
 def plan_trial(spec: SweepSpec, overrides: dict[str, object]) -> TrialPlan:
     """The plan of the trial ``spec.trial_config(overrides)``."""
     cfg = spec.trial_config(overrides)
@@ -150,6 +171,7 @@ def plan_trial(spec: SweepSpec, overrides: dict[str, object]) -> TrialPlan:
         tokens_per_step=per_step,
         tokens=tokens,
         flops=float(FLOPS_PER_PARAM_TOKEN) * params * tokens,
+        memory=trial_memory(cfg),
     )
 
 
@@ -168,12 +190,14 @@ def plan_sweep(spec: SweepSpec) -> SweepPlan:
             for plan in [plan_trial(spec, overrides)] * spec.num_samples
         )
     params = {t.model: t.params for t in trials}
+    memory = {t.model: t.memory for t in trials}
     return SweepPlan(
         name=spec.name,
         search=spec.search,
         n_trials=spec.n_trials(),
         trials=trials,
         params=params,
+        memory=memory,
         unit="samples" if spec.base.model.kind == "mlp" else "tokens",
         cpus_per_trial=spec.cpus_per_trial,
         gpus_per_trial=spec.gpus_per_trial,
@@ -224,4 +248,20 @@ def format_plan(plan: SweepPlan) -> str:
         n = sum(1 for t in plan.trials if t.model == label)
         trials = "trial" if n == 1 else "trials"
         lines.append(f"    {label}: {_params(params)} params ({params:,}), {n} {trials}")
+    lines.append("  memory per trial (predicted peak; `--gpu-memory` checks a GPU size):")
+    for label, estimate in plan.memory.items():
+        lines += format_estimate(label, estimate)
     return "\n".join(lines)
+
+
+def check_gpu_memory(plan: SweepPlan, gpu_bytes: int, flag: str = "--gpu-memory") -> None:
+    """Refuse a sweep with a trial whose predicted peak does not fit the GPU it will get."""
+    for label, estimate in plan.memory.items():
+        if not estimate.fits(gpu_bytes):
+            raise ConfigError(
+                flag,
+                format_bytes(gpu_bytes),
+                f"a GPU holding {label}'s predicted peak of {format_bytes(estimate.peak)} "
+                f"(trials may use 90% of it); it fits "
+                + (", ".join(f"{gb} GB" for gb in estimate.fitting_gpus()) or "no common GPU"),
+            )

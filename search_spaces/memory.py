@@ -1,0 +1,247 @@
+"""Predicted peak memory of one training trial, before anything is allocated.
+
+Counted on the ``meta`` device from the trial config, per component:
+
+- weights: every parameter at its storage dtype (bf16 models keep LayerNorms in fp32, C.5);
+- gradients: one per parameter, at the parameter's dtype;
+- optimizer state: ``torch.optim.AdamW`` keeps ``exp_avg`` and ``exp_avg_sq`` in the parameter's
+  dtype (2 × weights); bitsandbytes' AdamW8bit keeps two uint8 states per parameter plus one fp32
+  absmax per block of 256 values for each (2 + 8/256 bytes per parameter);
+- activations saved for backward at the trial's micro-batch and sequence length, from the
+  tensors this repository's GPT saves (see :func:`gpt_activation_bytes_per_token`), with and
+  without per-block gradient checkpointing, plus the loss's backward buffers;
+- the sign tracker: tracked scalars (every matrix-shaped parameter, or ``sample_per_tensor`` per
+  tensor) × the bytes it keeps per scalar, measured on a small tensor with torch's allocation
+  tracker (its resident buffers and the temporaries of one ``observe``).
+
+The peak is the sum of weights, gradients, the optimizer state the trial will use, its
+activations (checkpointed if it checkpoints) and the tracker. Evaluation runs without gradients
+at ``eval_batch_size`` and is not the peak. A trial fits a GPU when the peak is at most
+``USABLE_FRACTION`` of the GPU's memory (the rest: CUDA context, allocator fragmentation).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from dataclasses import dataclass
+
+import torch
+
+from signlock.trainables.config import ModelConfig, TrialConfig
+from signlock.trainables.errors import ConfigError
+
+COMMON_GPUS_GB = (24, 40, 48, 80, 141)
+USABLE_FRACTION = 0.9
+FP32 = 4
+LN_STATS_BYTES = 2 * FP32  # mean and rstd per token and LayerNorm
+ADAM8_BYTES_PER_PARAM = 2 + 2 * FP32 / 256  # two uint8 states + their fp32 absmax per 256 values
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(G|GB|GIB|M|MB|MIB|T|TB|TIB)?\s*$", re.IGNORECASE)
+_UNIT = {"G": 2**30, "M": 2**20, "T": 2**40}
+
+
+def parse_memory_size(text: str, flag: str = "--gpu-memory") -> int:
+    """``80GB``, ``80G``, ``141GiB``, ``40960MB`` → bytes (binary units: GPU makers' GB)."""
+    match = _SIZE.match(text)
+    if match is None:
+        raise ConfigError(flag, text, "a memory size such as 80GB, 24G or 40960MB")
+    unit = (match.group(2) or "G").upper()[0]
+    return int(float(match.group(1)) * _UNIT[unit])
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes per component of one trial's predicted peak."""
+
+    params: int
+    weights: int
+    gradients: int
+    optimizer_adamw: int
+    optimizer_adamw8bit: int
+    activations: int
+    activations_checkpointed: int
+    tracked_scalars: int
+    tracker: int
+    eight_bit: bool
+    checkpointing: bool
+
+    @property
+    def optimizer(self) -> int:
+        return self.optimizer_adamw8bit if self.eight_bit else self.optimizer_adamw
+
+    @property
+    def activations_used(self) -> int:
+        return self.activations_checkpointed if self.checkpointing else self.activations
+
+    @property
+    def peak(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.activations_used + self.tracker
+
+    def fits(self, gpu_bytes: int) -> bool:
+        return self.peak <= USABLE_FRACTION * gpu_bytes
+
+    def fitting_gpus(self) -> list[int]:
+        return [gb for gb in COMMON_GPUS_GB if self.fits(gb * 2**30)]
+
+
+def _element_size(dtype: str) -> int:
+    return 2 if dtype == "bfloat16" else FP32
+
+
+def _tokens_per_micro_batch(cfg: TrialConfig) -> tuple[int, int]:
+    """(sequences, tokens per sequence) of one training step's batch."""
+    data = cfg.data
+    length = data.synthetic_seq_len if data.dataset == "synthetic" else data.seq_len
+    return data.batch_size, min(length, cfg.model.context_length)
+
+
+def gpt_block_bytes_per_token(model: ModelConfig) -> int:
+    """Activation bytes one pre-LN block saves for backward, per token: both LayerNorm inputs
+    (cast to fp32, C.5) and their statistics; the LayerNorm outputs, q, k, v and the attention
+    output at the compute dtype; the log-sum-exp per head (fp32); the MLP's hidden pre- and
+    post-GELU activations."""
+    s, d = _element_size(model.dtype), model.d_model
+    layer_norms = 2 * (FP32 * d + LN_STATS_BYTES)
+    attention = s * 5 * d + FP32 * model.n_heads  # ln1 out, q, k, v, attention output
+    mlp = s * d + 2 * s * model.d_ff  # ln2 out, fc1 out, GELU out
+    return layer_norms + attention + mlp
+
+
+def gpt_head_bytes_per_token(model: ModelConfig, vocab: int) -> int:
+    """The final LayerNorm (input in fp32, statistics, output) and the fp32 log-softmax of the
+    cross-entropy."""
+    s, d = _element_size(model.dtype), model.d_model
+    return FP32 * d + LN_STATS_BYTES + s * d + FP32 * vocab
+
+
+def gpt_loss_backward_bytes_per_token(model: ModelConfig, vocab: int) -> int:
+    """Buffers the loss's backward allocates while every activation is still held: the fp32
+    gradient of the log-softmax and of the logits (plus their cast back for bf16 logits)."""
+    cast_back = _element_size(model.dtype) * vocab if model.dtype == "bfloat16" else 0
+    return 2 * FP32 * vocab + cast_back
+
+
+def gpt_activation_bytes_per_token(model: ModelConfig, vocab: int) -> tuple[int, int]:
+    """(without, with) per-block gradient checkpointing. Checkpointing keeps each block's input
+    and recomputes one block at a time in backward."""
+    block = gpt_block_bytes_per_token(model)
+    head = gpt_head_bytes_per_token(model, vocab) + gpt_loss_backward_bytes_per_token(model, vocab)
+    full = model.n_layers * block + head
+    checkpointed = model.n_layers * _element_size(model.dtype) * model.d_model + block + head
+    return full, checkpointed
+
+
+def mlp_activation_bytes_per_sample(model: ModelConfig) -> int:
+    """The MNIST MLP: its fp32 input, each hidden ReLU output (saved by ReLU and the next
+    Linear), the log-softmax of the 10 logits and its gradient buffers."""
+    s = _element_size(model.dtype)
+    return FP32 * 784 + s * sum(model.hidden_sizes) + 3 * FP32 * 10
+
+
+@functools.lru_cache(maxsize=4)
+def tracker_bytes_per_scalar(sampled: bool) -> float:
+    """The sign tracker's memory per tracked scalar, measured: its resident buffers plus the
+    temporaries of one ``observe`` (torch's allocation tracker over a 64k-element tensor)."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    from signlock.trainables.tracker import SignTracker
+
+    n = 1 << 16
+    weights = torch.nn.Parameter(torch.randn(n) * 0.02)
+    tracker_memory = MemTracker()
+    tracker_memory.track_external(weights)
+    with tracker_memory:
+        tracker = SignTracker([("w", weights)], sample_per_tensor=n // 2 if sampled else None)
+        with torch.no_grad():
+            weights.add_(1e-3)
+        tracker.observe()
+    peak = next(iter(tracker_memory.get_tracker_snapshot("peak").values()))["Total"]
+    return (peak - weights.nbytes) / tracker.n_tracked
+
+
+def _meta_model(cfg: TrialConfig, vocab: int | None) -> torch.nn.Module:
+    from signlock.trainables.models import build_model
+
+    return build_model(cfg.model, vocab_size=vocab, device="meta")
+
+
+def tracked_scalars(cfg: TrialConfig, model: torch.nn.Module) -> int:
+    """How many scalars the trial's sign tracker follows (0 when it is off)."""
+    from signlock.trainables.interventions import resolve_targets
+
+    if not cfg.tracker.enabled:
+        return 0
+    targets = resolve_targets(model, cfg.tracker.targets, "tracker.targets")
+    sample = cfg.tracker.sample_per_tensor
+    return sum(p.numel() if sample is None else min(sample, p.numel()) for _, p in targets)
+
+
+def estimate_memory(cfg: TrialConfig, vocab: int | None) -> MemoryEstimate:
+    """The predicted peak of one training step of ``cfg`` (see the module docstring)."""
+    model = _meta_model(cfg, vocab)
+    params = sum(p.numel() for p in model.parameters())
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    if cfg.model.kind == "mlp":
+        per_sample = mlp_activation_bytes_per_sample(cfg.model) * cfg.data.batch_size
+        activations = checkpointed = per_sample
+    else:
+        sequences, length = _tokens_per_micro_batch(cfg)
+        full, ckpt = gpt_activation_bytes_per_token(cfg.model, vocab or 1)
+        activations, checkpointed = full * sequences * length, ckpt * sequences * length
+    n_tracked = tracked_scalars(cfg, model)
+    per_scalar = tracker_bytes_per_scalar(cfg.tracker.sample_per_tensor is not None)
+    return MemoryEstimate(
+        params=params,
+        weights=weights,
+        gradients=weights,
+        optimizer_adamw=2 * weights,
+        optimizer_adamw8bit=int(ADAM8_BYTES_PER_PARAM * params),
+        activations=activations,
+        activations_checkpointed=checkpointed,
+        tracked_scalars=n_tracked,
+        tracker=int(n_tracked * per_scalar),
+        eight_bit=cfg.optim.eight_bit,
+        checkpointing=cfg.model.gradient_checkpointing,
+    )
+
+
+def model_key(cfg: TrialConfig) -> str:
+    """Trials with the same key have the same memory plan."""
+    relevant = {
+        "model": cfg.to_dict()["model"],
+        "batch": _tokens_per_micro_batch(cfg),
+        "dataset": cfg.data.dataset,
+        "vocab": cfg.data.synthetic_vocab,
+        "optim8": cfg.optim.eight_bit,
+        "tracker": [cfg.tracker.enabled, cfg.tracker.sample_per_tensor, cfg.tracker.targets],
+    }
+    return json.dumps(relevant, sort_keys=True)
+
+
+def format_bytes(n: float) -> str:
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def format_estimate(label: str, estimate: MemoryEstimate) -> list[str]:
+    """The plan's lines for one distinct model."""
+    used = "8-bit AdamW" if estimate.eight_bit else "AdamW"
+    ckpt = "checkpointed" if estimate.checkpointing else "no checkpointing"
+    fits = estimate.fitting_gpus()
+    return [
+        f"    {label}: peak {format_bytes(estimate.peak)} per trial ({used}, {ckpt})",
+        f"      weights {format_bytes(estimate.weights)}, gradients "
+        f"{format_bytes(estimate.gradients)}",
+        f"      optimizer: AdamW {format_bytes(estimate.optimizer_adamw)}, 8-bit AdamW "
+        f"{format_bytes(estimate.optimizer_adamw8bit)}",
+        f"      activations: {format_bytes(estimate.activations)} without, "
+        f"{format_bytes(estimate.activations_checkpointed)} with gradient checkpointing",
+        f"      sign tracker: {estimate.tracked_scalars:,} scalars, "
+        f"{format_bytes(estimate.tracker)}",
+        "      fits GPUs of: "
+        + (", ".join(f"{gb} GB" for gb in fits) if fits else "none of ")
+        + ("" if fits else ", ".join(f"{gb} GB" for gb in COMMON_GPUS_GB)),
+    ]

@@ -1,0 +1,114 @@
+"""The memory planner against torch's own allocation tracker on CPU, and pinned for the large
+models of C.5 (no allocation needed to plan them)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.distributed._tools.mem_tracker import MemTracker
+
+from signlock.search_spaces.memory import (
+    MemoryEstimate,
+    estimate_memory,
+    parse_memory_size,
+)
+from signlock.search_spaces.plan import vocab_size
+from signlock.search_spaces.presets import trial_preset
+from signlock.trainables.config import TrialConfig
+from signlock.trainables.errors import ConfigError
+from signlock.trainables.trainer import Trial
+
+
+def cpu_config(preset: str) -> TrialConfig:
+    """The preset's model, batch and tracker; text presets read the offline synthetic corpus with
+    their own vocabulary and sequence length instead of Tiny Shakespeare. AdamW (the trainer's
+    optimizer on CPU)."""
+    base = trial_preset(preset)
+    offline = {}
+    if base.data.dataset != "synthetic":
+        offline = {
+            "data.dataset": "synthetic",
+            "data.path": None,
+            "data.synthetic_vocab": vocab_size(base),
+            "data.synthetic_seq_len": min(base.data.seq_len, base.model.context_length),
+        }
+    overrides = {"device": "cpu", "data.synthetic_sequences": 64, "optim.eight_bit": False}
+    return base.with_overrides({**overrides, **offline})
+
+
+def measured_peak(cfg: TrialConfig, tmp_path) -> int:
+    """Peak tensor memory of one steady-state training step (weights, gradients, optimizer
+    state, activations, the tracker's observe) by torch's MemTracker, plus the tracker's resident
+    buffers (built before tracking started)."""
+    trial = Trial(cfg, tmp_path / "run", progress=False)
+    trial._train_step()  # the optimizer state exists from here on, as in every later step
+    memory = MemTracker()
+    memory.track_external(trial.model, trial.optimizer)
+    with memory:
+        trial._train_step()
+    peak = next(iter(memory.get_tracker_snapshot("peak").values()))["Total"]
+    weights = {p.untyped_storage().data_ptr() for p in trial.model.parameters()}
+    buffers = {
+        value.untyped_storage().data_ptr(): value.untyped_storage().nbytes()
+        for part in [*trial.tracker._groups, *trial.tracker._segments]
+        for value in vars(part).values()
+        if isinstance(value, torch.Tensor)
+    }  # one entry per storage; views of the weights (the tracker reads them in place) excluded
+    resident = sum(n for pointer, n in buffers.items() if pointer not in weights)
+    return int(peak + resident)
+
+
+@pytest.mark.parametrize("preset", ["charlm", "synthetic-lm", "scale-31m"])
+def test_predicted_peak_within_15_percent_of_torchs_allocations(preset, tmp_path):
+    cfg = cpu_config(preset)
+    predicted = estimate_memory(cfg, cfg.data.synthetic_vocab).peak
+    measured = measured_peak(cfg, tmp_path)
+    assert abs(predicted - measured) <= 0.15 * measured, (predicted, measured)
+
+
+MIB = 2**20
+
+
+def test_scale_1_2b_components_are_pinned():
+    """By hand: d 2048, 24 layers, d_ff 8192, V 65, 64 tokens, bf16 with fp32 LayerNorms (49 of
+    them, 4096 parameters each), 2048 sampled scalars in each of the 147 matrices."""
+    cfg = trial_preset("scale-1.2b")
+    estimate = estimate_memory(cfg, vocab_size(cfg))
+    assert estimate == pytest.approx(
+        MemoryEstimate(
+            params=1_208_557_568,  # 24·(4d² + 2·d·d_ff + 4d) + (65 + 64 + 65)·d + 2d
+            weights=2_417_516_544,  # 2·(params − 200,704) + 4·200,704
+            gradients=2_417_516_544,
+            optimizer_adamw=4_835_033_088,
+            optimizer_adamw8bit=2_454_882_560,  # params · (2 + 8/256)
+            activations=114_312_576,  # 64 · (24·73,872 + 12,556 + 650)
+            activations_checkpointed=11_864_448,  # 64 · (24·2·2048 + 73,872 + 13,206)
+            tracked_scalars=301_056,
+            tracker=estimate.tracker,
+            eight_bit=True,
+            checkpointing=True,
+        )
+    )
+
+
+def test_scale_12_9b_fits_only_the_141_gb_gpu():
+    cfg = trial_preset("scale-12.9b")
+    estimate = estimate_memory(cfg, vocab_size(cfg))
+    assert estimate.params == 12_886_753_280
+    assert estimate.weights == estimate.gradients == 25_775_620_096
+    assert estimate.optimizer == 26_176_217_600  # 8-bit AdamW (C.5)
+    assert estimate.fitting_gpus() == [141]
+    with_adamw = estimate_memory(cfg.with_overrides({"optim.eight_bit": False}), 65)
+    assert with_adamw.optimizer == 2 * with_adamw.weights and with_adamw.fitting_gpus() == [141]
+
+
+@pytest.mark.parametrize(
+    ("text", "gib"), [("80GB", 80), ("24G", 24), ("141GiB", 141), ("40960MB", 40)]
+)
+def test_gpu_memory_sizes(text, gib):
+    assert parse_memory_size(text) == gib * 2**30
+
+
+def test_a_bad_gpu_memory_size_names_the_flag():
+    with pytest.raises(ConfigError, match="--gpu-memory"):
+        parse_memory_size("lots")
