@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -121,6 +122,32 @@ def sbatch_script(
     return str(executor._executor._make_submission_file_text(command, "signlock"))
 
 
+class JobTerminated(SystemExit):
+    """SLURM sent SIGTERM: the job was cancelled, requeued or preempted."""
+
+
+def _terminate_on_sigterm() -> None:
+    """submitit ignores SIGTERM in its tasks (it waits for USR2); a signlock job stops at once
+    instead, unwinding cleanly, since everything it has done is resumable from the sweep
+    directory — so ``scancel`` and ``scontrol requeue`` take effect now, not after KillWait."""
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise JobTerminated("terminated by SLURM (SIGTERM): cancelled, requeued or preempted")
+
+    signal.signal(signal.SIGTERM, terminate)
+
+
+class _TerminatesOnSigterm:
+    """An array task's function, stopping at SIGTERM like the Ray job does."""
+
+    def __init__(self, function: Callable[[Any], Any]) -> None:
+        self.function = function
+
+    def __call__(self, item: Any) -> Any:
+        _terminate_on_sigterm()
+        return self.function(item)
+
+
 class RayAllocationJob:
     """What every node of the allocation runs (pickled by submitit into the sweep directory)."""
 
@@ -131,6 +158,7 @@ class RayAllocationJob:
     def __call__(self) -> Any:
         import submitit
 
+        _terminate_on_sigterm()
         job = submitit.JobEnvironment()
         restart = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
         rendezvous = ray_cluster.Rendezvous(self.rendezvous_dir, str(job.job_id), restart)
@@ -173,10 +201,37 @@ def submit_array(
     function: Callable[[Any], Any],
     items: Sequence[Any],
 ) -> str:
-    """One array task per item (``map_array``); returns the array's job id."""
+    """One array task per item (``map_array``, at most ``array_parallelism`` running at once);
+    returns the array's job id."""
     executor = _executor(sweep_dir, request, job_name)
-    jobs = executor.map_array(function, list(items))
+    jobs = executor.map_array(_TerminatesOnSigterm(function), list(items))
     return str(jobs[0].job_id).split("_")[0]
+
+
+FOLLOW_UP_TIME = "00:30:00"
+
+
+def submit_after(
+    request: SlurmRequest,
+    sweep_dir: Path,
+    job_name: str,
+    function: Callable[[], Any],
+    after_job: str,
+) -> str:
+    """A small one-CPU job on the same partition that runs ``function`` once ``after_job`` has
+    ended, however it ended (``--dependency=afterany``)."""
+    small = SlurmRequest(
+        partition=request.partition,
+        time=FOLLOW_UP_TIME,
+        cpus_per_node=1,
+        account=request.account,
+        qos=request.qos,
+        setup=request.setup,
+        max_requeues=request.max_requeues,
+    )
+    executor = _executor(sweep_dir, small, job_name)
+    executor.update_parameters(slurm_dependency=f"afterany:{after_job}")
+    return str(executor.submit(function).job_id)
 
 
 # ---- a submitted job ----------------------------------------------------------------------
@@ -257,6 +312,8 @@ def requeue(job_id: str) -> None:
 
 
 def log_files(sweep_dir: Path, job_id: str) -> list[Path]:
-    """The job's stdout/stderr files, one pair per task (node)."""
-    folder = sweep_dir / LOG_FOLDER / job_id
-    return sorted(folder.glob(f"{job_id}*_log.out")) + sorted(folder.glob(f"{job_id}*_log.err"))
+    """The job's stdout/stderr files: one pair per node, or per task of an array job."""
+    root = sweep_dir / LOG_FOLDER
+    folders = [root / job_id, *sorted(root.glob(f"{job_id}_*"))]
+    found = [path for folder in folders for path in sorted(folder.glob(f"{job_id}*_log.*"))]
+    return sorted(found, key=lambda path: (path.suffix != ".out", path.name))

@@ -246,15 +246,16 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from signlock.orchestrator.ray_tune import has_saved_state
+    from signlock.orchestrator.record import SweepRecord
     from signlock.orchestrator.status import format_status, sweep_status
-    from signlock.orchestrator.submit import job_line
+    from signlock.orchestrator.submit import is_array, job_line
     from signlock.orchestrator.sweep import storage_path, sweep_dir_for
 
     sweep_dir = sweep_dir_for(args.sweep, storage_path(args.storage))
     slurm_job = job_line(sweep_dir)
     if slurm_job is not None:
         print(slurm_job)
-        if not has_saved_state(sweep_dir):
+        if not is_array(SweepRecord.read(sweep_dir)) and not has_saved_state(sweep_dir):
             print(f"sweep {sweep_dir.name}: no trial has started yet")
             return 0
     print(format_status(sweep_status(sweep_dir)))
@@ -359,8 +360,12 @@ def _add_slurm_args(parser: argparse.ArgumentParser) -> None:
     slurm.add_argument(
         "--max-requeues", type=int, help="requeues after time limits or preemption (default 3)"
     )
-    slurm.add_argument("--slurm-mode", choices=["ray", "array"], help=argparse.SUPPRESS)
-    slurm.add_argument("--array-parallelism", type=int, help=argparse.SUPPRESS)
+    slurm.add_argument(
+        "--slurm-mode",
+        choices=["ray", "array"],
+        help="ray: one job running a Ray cluster (default); array: one array task per trial",
+    )
+    slurm.add_argument("--array-parallelism", type=int, help="array tasks running at once")
     slurm.add_argument("--wait", action="store_true", help="wait for the job and print the results")
 
 

@@ -40,9 +40,15 @@ class SweepStatus:
 
 def sweep_status(sweep_dir: Path) -> SweepStatus:
     from signlock.orchestrator.ray_tune import trial_table
+    from signlock.orchestrator.submit import array_trial_table, is_array
+    from signlock.orchestrator.sweep import read_summaries, trials_table
 
     record = SweepRecord.read(sweep_dir)
-    trials = trial_table(sweep_dir, record.context)
+    if is_array(record):
+        states = array_trial_table(sweep_dir, record, ended=False)
+        trials = trials_table(states, read_summaries(sweep_dir))
+    else:
+        trials = trial_table(sweep_dir, record.context)
     shown = [column for column in SHOWN_COLUMNS if column in trials]
     return SweepStatus(sweep_dir, record.n_trials, trials[shown])
 

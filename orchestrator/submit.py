@@ -8,6 +8,9 @@ entrypoint, which continues the sweep from its directory (``Tuner.restore``).
 
 from __future__ import annotations
 
+import functools
+import math
+import os
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -15,13 +18,31 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from signlock.cluster.slurm_request import SlurmRequest
 from signlock.orchestrator import ray_tune, tracking
 from signlock.orchestrator.record import SweepRecord
-from signlock.orchestrator.sweep import SweepOptions, prepare_sweep, run_sweep, sweep_dir_for
+from signlock.orchestrator.sweep import (
+    SweepOptions,
+    finalize_sweep,
+    prepare_sweep,
+    read_summaries,
+    run_sweep,
+    sweep_dir_for,
+)
+from signlock.orchestrator.trial_runner import (
+    SweepContext,
+    attempts_of,
+    resolve_trial_config,
+    run_sweep_trial,
+    start_over,
+    varied_fields,
+)
 from signlock.search_spaces.spec import SweepSpec
 from signlock.trainables.errors import ConfigError, SignlockError
+from signlock.trainables.schema import RESULT_METRICS
+from signlock.trainables.trainer import CHECKPOINT_NAME, checkpoint_step
 
 POLL_S = 2.0
 
@@ -53,11 +74,15 @@ def submit_sweep(
 
     if options.address is not None:
         raise ConfigError("--address", options.address, "no --address with --backend slurm")
-    if request.mode != "ray":
-        raise ConfigError("--slurm-mode", request.mode, "ray (array mode is not available yet)")
+    if request.mode == "array":
+        _check_array_spec(spec)
     slurm.check_request(request)
     record = prepare_sweep(spec, options, name=name)
     sweep_dir = Path(record.context.sweep_dir)
+    if request.mode == "array":
+        points = SweepSpec.from_dict(record.context.spec).grid_overrides()
+        items = [{"point": point, "fresh": False} for point in points]
+        return sweep_dir, _submit_array(record, sweep_dir, request, items)
     return sweep_dir, _submit(record, sweep_dir, options, request, restore=None)
 
 
@@ -81,14 +106,23 @@ def resubmit_sweep(
         raise ConfigError(
             "--partition/--time", None, "both, for a sweep never submitted to SLURM"
         ) from None
-    if record.slurm_jobs and not slurm.job_state(record.slurm_jobs[-1]).finished:
-        raise ConfigError(
-            "sweep",
-            name_or_path,
-            f"a sweep whose job has ended (job {record.slurm_jobs[-1]} is still queued or "
-            f"running; `signlock cancel {record.context.sweep_name}` first)",
-        )
+    for job in current_jobs(record):
+        if not slurm.job_state(job).finished:
+            raise ConfigError(
+                "sweep",
+                name_or_path,
+                f"a sweep whose jobs have ended (job {job} is still queued or running; "
+                f"`signlock cancel {record.context.sweep_name}` first)",
+            )
     slurm.check_request(request)
+    if request.mode == "array":
+        items = _unfinished_items(sweep_dir, record, restore.restart_errored)
+        if not items:
+            raise ConfigError("sweep", name_or_path, "a sweep with unfinished trials")
+        tracking.reopen_sweep_run(
+            tracking.MlflowClient(record.context.tracking_uri), record.context.parent_run_id
+        )
+        return sweep_dir, _submit_array(record, sweep_dir, request, items)
     return sweep_dir, _submit(record, sweep_dir, options, request, restore=restore)
 
 
@@ -109,7 +143,17 @@ def _submit(
     return job_id
 
 
+def is_array(record: SweepRecord) -> bool:
+    return (record.slurm_request or {}).get("mode") == "array"
+
+
+def current_jobs(record: SweepRecord) -> tuple[str, ...]:
+    """The jobs of the latest submission: the Ray job, or the array and its follow-up job."""
+    return record.slurm_jobs[-2:] if is_array(record) else record.slurm_jobs[-1:]
+
+
 def latest_job(sweep_dir: Path) -> str:
+    """The job whose end is the sweep's end (in array mode: the follow-up job)."""
     record = SweepRecord.read(sweep_dir)
     if not record.slurm_jobs:
         raise ConfigError("sweep", str(sweep_dir), "a sweep submitted with --backend slurm")
@@ -117,11 +161,15 @@ def latest_job(sweep_dir: Path) -> str:
 
 
 def job_line(sweep_dir: Path) -> str | None:
-    """``SLURM job 123: running`` for a sweep submitted to SLURM, else None."""
+    """``SLURM job 123: running`` for a sweep submitted to SLURM (its array and follow-up job in
+    array mode), else None."""
     from signlock.cluster import slurm
 
     record = SweepRecord.read(sweep_dir)
-    return slurm.job_state(record.slurm_jobs[-1]).describe() if record.slurm_jobs else None
+    lines = [slurm.job_state(job).describe() for job in current_jobs(record)]
+    if is_array(record) and lines:
+        lines[0] = lines[0].replace("SLURM job", "SLURM array job", 1)
+    return "\n".join(lines) if lines else None
 
 
 def wait_for_job(sweep_dir: Path, *, poll_s: float = POLL_S) -> pd.DataFrame:
@@ -185,8 +233,120 @@ def cancel_sweep(sweep_dir: Path) -> str:
     from signlock.cluster import slurm
 
     record = SweepRecord.read(sweep_dir)
-    job_id = latest_job(sweep_dir)
-    slurm.cancel(job_id)
+    jobs = current_jobs(record)
+    if not jobs:
+        raise ConfigError("sweep", str(sweep_dir), "a sweep submitted with --backend slurm")
+    for job in jobs:  # array mode: the follow-up job too, so it does not close the sweep
+        slurm.cancel(job)
     client = tracking.MlflowClient(record.context.tracking_uri)
     tracking.mark_sweep_killed(client, record.context.parent_run_id)
-    return job_id
+    return jobs[0]
+
+
+# ---- array mode: one SLURM array task per trial, no Ray ----------------------------------
+
+ARRAY_ERROR = "array-error.txt"  # in a trial's run directory: why its last array task failed
+
+
+def _array_trial_id(name: str) -> str:
+    return f"array-{name}"  # stable: a re-submitted task continues the trial's checkpoint
+
+
+def run_array_trial(item: dict[str, Any], context: SweepContext) -> dict[str, float]:
+    """One array task: the same trial function as the Ray path, reporting to nobody."""
+    threads = os.environ.get("SLURM_CPUS_PER_TASK")
+    if threads:
+        torch.set_num_threads(int(threads))
+    config = {"overrides": item["point"]}
+    name = resolve_trial_config(context, config).name
+    run_dir = Path(context.sweep_dir) / "runs" / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / ARRAY_ERROR).unlink(missing_ok=True)
+    if item.get("fresh"):
+        start_over(run_dir)
+    try:
+        return run_sweep_trial(config, context, _array_trial_id(name), lambda metrics: None)
+    except BaseException as error:
+        (run_dir / ARRAY_ERROR).write_text(f"{type(error).__name__}: {error}"[:300])
+        raise
+
+
+def array_trial_table(sweep_dir: Path, record: SweepRecord, *, ended: bool) -> pd.DataFrame:
+    """Every planned trial of an array sweep, from its run directory: TERMINATED once its
+    summary exists, ERROR when its task failed (or, once the array has ``ended``, stopped before
+    finishing), RUNNING when started, else PENDING."""
+    context = record.context
+    finished = set(read_summaries(sweep_dir).index)
+    rows = []
+    for point in SweepSpec.from_dict(context.spec).grid_overrides():
+        cfg = resolve_trial_config(context, {"overrides": point})
+        run_dir = sweep_dir / "runs" / cfg.name
+        attempts = attempts_of(run_dir)
+        error_file = run_dir / ARRAY_ERROR
+        error = error_file.read_text() if error_file.exists() else None
+        if cfg.name in finished:
+            status, error = "TERMINATED", None
+        elif error is not None:
+            status = "ERROR"
+        elif attempts and ended:
+            status, error = "ERROR", "the array task ended before the trial finished"
+        else:
+            status = "RUNNING" if attempts else "PENDING"
+        row = {
+            "trial_id": _array_trial_id(cfg.name),
+            "name": cfg.name,
+            "status": status,
+            "step": float(max(checkpoint_step(run_dir / "checkpoints" / CHECKPOINT_NAME), 0)),
+            "failures": max(len(attempts) - 1, 0),
+        }
+        row.update({metric: math.nan for metric in RESULT_METRICS})
+        row.update(varied_fields(context, cfg))
+        rows.append({**row, "error": error})
+    return pd.DataFrame(rows)
+
+
+def finalize_array_sweep(sweep_dir: Path) -> dict[str, int]:
+    """The array's follow-up job: trials.csv, pareto.csv and the parent run, as the Ray path
+    writes them."""
+    record = SweepRecord.read(sweep_dir)
+    spec = SweepSpec.from_dict(record.context.spec)
+    states = array_trial_table(sweep_dir, record, ended=True)
+    table = finalize_sweep(spec, record.context, states)
+    return {str(k): int(v) for k, v in table["status"].value_counts().items()}
+
+
+def _check_array_spec(spec: SweepSpec) -> None:
+    if spec.search != "grid" or spec.random_axes() or spec.num_samples != 1:
+        raise ConfigError(
+            "--slurm-mode",
+            "array",
+            "a grid spec without random axes (Optuna and sampling need Ray Tune's driver: "
+            "use --slurm-mode ray)",
+        )
+
+
+def _submit_array(
+    record: SweepRecord, sweep_dir: Path, request: SlurmRequest, items: list[dict[str, Any]]
+) -> str:
+    from signlock.cluster import slurm
+
+    name = f"signlock-{record.context.sweep_name}"
+    trial = functools.partial(run_array_trial, context=record.context)
+    array_id = slurm.submit_array(request, sweep_dir, name, trial, items)
+    finalize = functools.partial(finalize_array_sweep, sweep_dir)
+    final_id = slurm.submit_after(request, sweep_dir, f"{name}-finalize", finalize, array_id)
+    record = record.with_slurm_job(request.to_dict(), array_id)
+    record.with_slurm_job(request.to_dict(), final_id).write(sweep_dir)
+    return array_id
+
+
+def _unfinished_items(sweep_dir: Path, record: SweepRecord, restart_errored: bool) -> list[dict]:
+    states = array_trial_table(sweep_dir, record, ended=True).set_index("name")
+    points = SweepSpec.from_dict(record.context.spec).grid_overrides()
+    items = []
+    for point in points:
+        name = resolve_trial_config(record.context, {"overrides": point}).name
+        status = states.loc[name, "status"]
+        if status != "TERMINATED":
+            items.append({"point": point, "fresh": restart_errored and status == "ERROR"})
+    return items

@@ -308,10 +308,15 @@ def trials_table(states: pd.DataFrame, summaries: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def finalize_sweep(spec: SweepSpec, context: SweepContext) -> pd.DataFrame:
-    """Write trials.csv / pareto.csv, attach them to the parent run and close it."""
+def finalize_sweep(
+    spec: SweepSpec, context: SweepContext, states: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Write trials.csv / pareto.csv, attach them to the parent run and close it. ``states``:
+    the scheduler's view of every trial (default: Ray Tune's)."""
     sweep_dir = Path(context.sweep_dir)
-    table = trials_table(ray_tune.trial_table(sweep_dir, context), read_summaries(sweep_dir))
+    if states is None:
+        states = ray_tune.trial_table(sweep_dir, context)
+    table = trials_table(states, read_summaries(sweep_dir))
     client = tracking.MlflowClient(context.tracking_uri)
     table.to_csv(sweep_dir / "trials.csv", index=False)
     client.log_artifact(context.parent_run_id, str(sweep_dir / "trials.csv"))

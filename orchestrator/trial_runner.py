@@ -126,28 +126,34 @@ def varied_fields(context: SweepContext, cfg: TrialConfig) -> dict[str, Any]:
     }
 
 
-def _attempts(run_dir: Path) -> list[dict[str, Any]]:
+def attempts_of(run_dir: Path) -> list[dict[str, Any]]:
+    """The trial's starts so far (``attempts.jsonl``), oldest first."""
     log = run_dir / ATTEMPTS_LOG
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
-def _start_over_unless_continuing(run_dir: Path, trial_id: str) -> None:
-    """A run directory last used by another scheduler trial of this name was restarted from
-    scratch (``--restart-errored``): drop its checkpoint and divergence marker."""
-    attempts = _attempts(run_dir)
-    previous = attempts[-1].get("trial_id", trial_id) if attempts else trial_id
-    if previous == trial_id:
-        return
+def start_over(run_dir: Path) -> None:
+    """Make the next start of this trial begin at step 0: drop its checkpoint and its
+    divergence marker (its outputs are rewritten as it runs)."""
     checkpoint = run_dir / "checkpoints" / CHECKPOINT_NAME
     for stale in (checkpoint, checkpoint.with_suffix(".json"), run_dir / DIVERGED_MARKER):
         stale.unlink(missing_ok=True)
+
+
+def _start_over_unless_continuing(run_dir: Path, trial_id: str) -> None:
+    """A run directory last used by another scheduler trial of this name was restarted from
+    scratch (``--restart-errored``): start over."""
+    attempts = attempts_of(run_dir)
+    previous = attempts[-1].get("trial_id", trial_id) if attempts else trial_id
+    if previous != trial_id:
+        start_over(run_dir)
 
 
 def _record_attempt(run_dir: Path, trial_id: str, from_step: int) -> float:
     """Append this start to ``attempts.jsonl``; returns its start time."""
     started = time.time()
     entry = {
-        "attempt": len(_attempts(run_dir)) + 1,
+        "attempt": len(attempts_of(run_dir)) + 1,
         "trial_id": trial_id,
         "from_step": from_step,
         "t": started,

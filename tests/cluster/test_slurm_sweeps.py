@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from signlock.cluster import slurm
 from signlock.orchestrator.record import SweepRecord
+from signlock.orchestrator.submit import cancel_sweep
 from tests.orchestrator.test_sweep import (
     check_sweep_outputs,
     checkpoint_steps,
@@ -143,3 +145,49 @@ def test_a_requeued_slurm_sweep_completes_on_its_own(
         .info.status
         == "FINISHED"
     )
+
+
+def test_array_mode_runs_one_task_per_trial_and_a_resubmission_only_the_unfinished(
+    local_slurm, cli, write_spec, sweep_root, tracking_uri, tiny_spec
+):
+    spec = write_spec(long_tiny_spec(tiny_spec))
+    common = ["--storage", str(sweep_root), "--tracking-uri", tracking_uri]
+    array = ["--slurm-mode", "array", "--array-parallelism", "1", "--cpus-per-node", "1"]
+    submitted = cli("sweep", str(spec), "--name", "array", *slurm_flags(local_slurm)[:-2],
+                    *array, *common)  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    sweep_dir = sweep_root / "array"
+
+    def one_done_one_midway() -> bool:
+        done = {p.name.removeprefix("trial=") for p in sweep_dir.glob("summaries/trial=*")}
+        steps = checkpoint_steps(sweep_dir)
+        return len(done) == 1 and any(s >= 40 for t, s in steps.items() if t not in done)
+
+    wait_for(one_done_one_midway, "one trial finished and one midway")
+    cancel_sweep(sweep_dir)  # in-process: the CLI's start-up could outlast the running trial
+    finished_first = {p.name.removeprefix("trial=") for p in sweep_dir.glob("summaries/trial=*")}
+
+    resumed = cli("resume", "array", "--storage", str(sweep_root), "--backend", "slurm", "--wait")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    trials = pd.read_csv(sweep_dir / "trials.csv")
+    assert len(trials) == 4 and (trials["status"] == "TERMINATED").all()
+    attempts = {
+        path.parent.name: [json.loads(line) for line in path.read_text().splitlines()]
+        for path in sweep_dir.glob("runs/*/attempts.jsonl")
+    }
+    for name in finished_first:
+        assert len(attempts[name]) == 1  # not run again
+    assert any(a[-1]["from_step"] >= 40 for a in attempts.values())  # resumed, not restarted
+    check_sweep_outputs(tracking_uri, sweep_root, "array", 4)
+
+    reference = cli("sweep", str(spec), "--name", "reference", "--quiet", *common)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    def histograms(sweep: str) -> pd.DataFrame:
+        flips = flips_dataset(sweep_root, sweep).astype({"trial": str})
+        return flips.sort_values(["trial", "tensor", "k"], ignore_index=True)
+
+    pd.testing.assert_frame_equal(histograms("array"), histograms("reference"))
+    ours = pd.read_csv(sweep_dir / "trials.csv").set_index("name")["val_ppl"].sort_index()
+    theirs = pd.read_csv(sweep_root / "reference" / "trials.csv").set_index("name")["val_ppl"]
+    pd.testing.assert_series_equal(ours, theirs.sort_index())
