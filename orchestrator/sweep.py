@@ -153,9 +153,17 @@ def objectives(spec: SweepSpec) -> tuple[str, ...]:
 
 
 def _resources(spec: SweepSpec, options: SweepOptions) -> dict[str, float]:
+    """Per-trial Ray resources: CPUs and GPUs from the flags, else the spec; a CPU trial also
+    reserves the planner's predicted peak as Ray ``memory``, so Ray never packs more trials on
+    a node than its memory holds (GPU trials' peak is on the GPU, see ``--gpu-memory``)."""
+    from signlock.search_spaces.plan import plan_sweep
+
     cpus = options.cpus_per_trial if options.cpus_per_trial is not None else spec.cpus_per_trial
     gpus = options.gpus_per_trial if options.gpus_per_trial is not None else spec.gpus_per_trial
-    return {"cpu": cpus, "gpu": gpus}
+    resources = {"cpu": cpus, "gpu": gpus}
+    if not gpus:
+        resources["memory"] = float(max(e.peak for e in plan_sweep(spec).memory.values()))
+    return resources
 
 
 def prepare_sweep(

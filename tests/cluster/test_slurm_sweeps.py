@@ -191,3 +191,28 @@ def test_array_mode_runs_one_task_per_trial_and_a_resubmission_only_the_unfinish
     ours = pd.read_csv(sweep_dir / "trials.csv").set_index("name")["val_ppl"].sort_index()
     theirs = pd.read_csv(sweep_root / "reference" / "trials.csv").set_index("name")["val_ppl"]
     pd.testing.assert_series_equal(ours, theirs.sort_index())
+
+
+def test_usr2_before_the_time_limit_requeues_the_job_through_submitit(
+    local_slurm, cli, write_spec, sweep_root, tracking_uri, tiny_spec
+):
+    """SLURM sends USR2 ahead of the time limit (``--signal=USR2@90``); submitit then calls the
+    job's ``checkpoint`` and requeues it; the requeued job continues the sweep."""
+    spec = write_spec(long_tiny_spec(tiny_spec))
+    submitted = cli(
+        "sweep", str(spec), "--name", "usr2", *slurm_flags(local_slurm),
+        "--storage", str(sweep_root), "--tracking-uri", tracking_uri,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    job_id = submitted_job(submitted.stdout)
+    sweep_dir = sweep_root / "usr2"
+    wait_for(lambda: midway(sweep_dir), "a trial midway")
+
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    state = wait_for_job_end(job_id, timeout=600)
+    assert state.state == "COMPLETED" and state.restarts >= 1
+    trials = pd.read_csv(sweep_dir / "trials.csv")
+    assert len(trials) == 4 and (trials["status"] == "TERMINATED").all()
+    check_sweep_outputs(tracking_uri, sweep_root, "usr2", 4)
+    log = "".join(path.read_text() for path in slurm.log_files(sweep_dir, job_id))
+    assert "Caught signal SIGUSR2" in log and "this job is preempted" in log  # submitit's path
