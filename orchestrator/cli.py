@@ -262,6 +262,36 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from signlock.analysis.analyze import run_analysis
+    from signlock.analysis.sweep_data import load_sweep
+    from signlock.orchestrator.tracking import log_analysis, open_existing_store
+
+    sweep = load_sweep(args.sweep, args.storage)
+    if sweep.n_missing:
+        print(
+            f"{sweep.n_missing} of {sweep.n_planned} trials have not finished; analysing the "
+            f"{len(sweep.trials)} that have",
+            file=sys.stderr,
+        )
+    result = run_analysis(
+        sweep,
+        what=args.what,
+        x=args.x,
+        y=args.y,
+        confidence=args.confidence,
+        resamples=args.resamples,
+    )
+    context = sweep.record.context
+    client = open_existing_store(context.tracking_uri)
+    log_analysis(client, context.parent_run_id, result.directory, result.metrics)
+    for path in result.files:
+        print(path)
+    for key, value in result.metrics.items():
+        print(f"{key} = {value:.6g}", file=sys.stderr)
+    return 0
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     from signlock.orchestrator.submit import print_logs
     from signlock.orchestrator.sweep import storage_path, sweep_dir_for
@@ -434,6 +464,18 @@ def _add_sweep_commands(commands: Any) -> None:
     status.add_argument("sweep", help="sweep name (under --storage) or sweep directory")
     status.add_argument("--storage", default=str(DEFAULT_SWEEPS_DIR))
     status.set_defaults(func=cmd_status)
+
+    analyze = commands.add_parser(
+        "analyze", help="lock-in statistics, Pareto fronts and figures of a sweep, into MLflow"
+    )
+    analyze.add_argument("sweep", help="sweep name (under --storage) or sweep directory")
+    analyze.add_argument("--storage", default=str(DEFAULT_SWEEPS_DIR))
+    analyze.add_argument("--what", default="all", help="lockin, pareto or all (default)")
+    analyze.add_argument("--x", default="flip_mean", help="Pareto x metric (default flip_mean)")
+    analyze.add_argument("--y", help="Pareto y metric (default: the validation metric)")
+    analyze.add_argument("--confidence", type=float, default=0.95, help="bootstrap level")
+    analyze.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    analyze.set_defaults(func=cmd_analyze)
 
     logs = commands.add_parser("logs", help="a SLURM sweep's job output (stdout and stderr)")
     logs.add_argument("sweep", help="sweep name (under --storage) or sweep directory")

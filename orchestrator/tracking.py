@@ -283,6 +283,24 @@ def close_sweep_run(
     client.set_terminated(run_id, status=status)
 
 
+def log_analysis(
+    client: MlflowClient, run_id: str, directory: Path, metrics: Mapping[str, float]
+) -> None:
+    """A sweep's analysis on its parent run: the files under ``analysis/`` (same names replace
+    the previous analysis's) and the headline numbers as metrics (unchanged values are not
+    logged again)."""
+    client.log_artifacts(run_id, str(directory), "analysis")
+    current = client.get_run(run_id).data.metrics
+    now = int(time.time() * 1000)
+    changed = [
+        Metric(key, float(value), now, 0)
+        for key, value in finite_metrics(metrics).items()
+        if current.get(key) != value
+    ]
+    if changed:
+        client.log_batch(run_id, metrics=changed)
+
+
 def local_store_path(tracking_uri: str) -> Path | None:
     """The file or directory of a local store (sqlite, file store); None for servers."""
     if tracking_uri.startswith("sqlite:///"):

@@ -1,0 +1,165 @@
+"""A sweep directory as DataFrames, for the analysis commands and for notebooks::
+
+    from signlock.analysis import load_sweep
+    sweep = load_sweep("enhancement")            # a name under signlock-runs/sweeps, or a path
+    sweep.trials                                  # one row per finished trial: config + summary
+    sweep.flips(tensors=["__pooled__"])           # K histograms (trial, tensor, k, count)
+    sweep.metrics(columns=["flip_vs_init"])       # every trial's logged rows (trial, step, …)
+
+Parquet is read with ``pyarrow.dataset`` and column projection, one Hive partition per trial,
+so only what a caller asks for is materialised.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.dataset as pads
+
+from signlock.orchestrator.record import SWEEP_FILE, SweepRecord
+from signlock.search_spaces.axes import Axis
+from signlock.search_spaces.spec import SweepSpec
+from signlock.trainables.errors import InputNotFoundError
+from signlock.trainables.schema import validation_objective
+
+DEFAULT_STORAGE = Path("signlock-runs") / "sweeps"
+POOLED = "__pooled__"
+
+
+def axis_column(axis: Axis) -> str:
+    return f"config.{axis.key}"
+
+
+def is_sampled(axis: Axis) -> bool:
+    """Random axes are continuous: scatter plots, no grouping by value."""
+    return axis.kind != "grid"
+
+
+def log_spaced(axis: Axis) -> bool:
+    """Plot on a log axis: loguniform, or positive grid values spanning two decades or more."""
+    if axis.kind == "loguniform":
+        return True
+    numbers = [v for v in axis.values if isinstance(v, int | float) and v > 0]
+    return len(numbers) >= 3 and max(numbers) / min(numbers) >= 100
+
+
+@dataclass(frozen=True)
+class Sweep:
+    directory: Path
+    record: SweepRecord
+    trials: pd.DataFrame  # finished trials: name, config.<field> of varied fields, summary
+
+    @property
+    def name(self) -> str:
+        return self.record.context.sweep_name
+
+    @property
+    def spec(self) -> SweepSpec:
+        return SweepSpec.from_dict(self.record.context.spec)
+
+    @property
+    def n_planned(self) -> int:
+        return self.record.n_trials
+
+    @property
+    def n_missing(self) -> int:
+        return max(self.n_planned - len(self.trials), 0)
+
+    @property
+    def axes(self) -> tuple[Axis, ...]:
+        return self.spec.axes
+
+    @property
+    def grid_axes(self) -> tuple[Axis, ...]:
+        return tuple(axis for axis in self.axes if not is_sampled(axis))
+
+    @property
+    def validation_metric(self) -> str:
+        return validation_objective(self.spec.base.model.kind)
+
+    def flips(
+        self, *, tensors: Sequence[str] | None = None, trials: Sequence[str] | None = None
+    ) -> pd.DataFrame:
+        """K histograms: trial, tensor, k, count (only the tensors/trials asked for)."""
+        return _read_dataset(self.directory / "flips", ["tensor", "k", "count"], tensors, trials)
+
+    def metrics(
+        self, columns: Sequence[str] = ("flip_vs_init", "step_flip_rate"), *, trials=None
+    ) -> pd.DataFrame:
+        """Every trial's ``metrics.parquet`` rows: trial, step and ``columns``."""
+        frames = []
+        for name in trials if trials is not None else self.trials["name"]:
+            path = self.directory / "runs" / name / "metrics.parquet"
+            if path.is_file():
+                frame = pd.read_parquet(path, columns=["step", *columns])
+                frames.append(frame.assign(trial=name))
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _read_dataset(
+    directory: Path,
+    columns: list[str],
+    tensors: Sequence[str] | None,
+    trials: Sequence[str] | None,
+) -> pd.DataFrame:
+    if not directory.is_dir():
+        return pd.DataFrame(columns=["trial", *columns])
+    dataset = pads.dataset(directory, format="parquet", partitioning="hive")
+    condition = None
+    if tensors is not None:
+        condition = pads.field("tensor").isin(list(tensors))
+    if trials is not None:
+        by_trial = pads.field("trial").isin(list(trials))
+        condition = by_trial if condition is None else condition & by_trial
+    table = dataset.to_table(columns=["trial", *columns], filter=condition)
+    frame = table.to_pandas()
+    frame["trial"] = frame["trial"].astype(str)
+    return frame
+
+
+def _varied_columns(record: SweepRecord, summaries: pd.DataFrame) -> list[str]:
+    spec = SweepSpec.from_dict(record.context.spec)
+    keys = [axis.key for axis in spec.axes] + [key for point in spec.points for key in point]
+    keys.append("seed")
+    return [key for key in dict.fromkeys(keys) if key in summaries and key != "name"]
+
+
+def _as_number(value: Any) -> Any:
+    """Summaries store config fields as strings: numbers back to numbers, 'None' to NaN."""
+    if value in (None, "None", "null", ""):
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def finished_trials(directory: Path, record: SweepRecord) -> pd.DataFrame:
+    """One row per finished trial from the ``summaries/`` dataset: name, ``config.<field>`` for
+    every field the sweep varies, and the summary's numbers."""
+    path = directory / "summaries"
+    if not path.is_dir():
+        return pd.DataFrame(columns=["name"])
+    summaries = pads.dataset(path, format="parquet", partitioning="hive").to_table().to_pandas()
+    summaries["trial"] = summaries["trial"].astype(str)
+    varied = _varied_columns(record, summaries)
+    config = {f"config.{key}": summaries[key].map(_as_number) for key in varied}
+    numbers = summaries.select_dtypes("number")
+    table = pd.concat([summaries[["trial"]].rename(columns={"trial": "name"}),
+                       pd.DataFrame(config), numbers], axis=1)  # fmt: skip
+    return table.sort_values("name", ignore_index=True)
+
+
+def load_sweep(name_or_path: str | Path, storage: str | Path = DEFAULT_STORAGE) -> Sweep:
+    """A sweep by directory, or by name under ``storage``: its record and finished trials."""
+    candidate = Path(name_or_path).expanduser()
+    directory = candidate if (candidate / SWEEP_FILE).is_file() else Path(storage) / candidate
+    if not (directory / SWEEP_FILE).is_file():
+        raise InputNotFoundError(f"no sweep at {directory}")
+    record = SweepRecord.read(directory)
+    return Sweep(directory.resolve(), record, finished_trials(directory, record))

@@ -1,0 +1,86 @@
+"""The analysis tables of a sweep: lock-in statistics per trial and tensor, and seed aggregates.
+
+- :func:`lockin_table` — per trial and tracked tensor (and pooled): ĥ, ĝ (C.4.2), a bootstrap
+  interval (pooled rows; per tensor on request, its cost is trials × tensors × resamples), the
+  χ² goodness of fit and the lock-in/floating decision (Theorem D.33).
+- :func:`seed_summary` — per grid point (every grid axis but the seed): mean, std and n over seeds
+  of ĥ, ĝ, flip_mean, the final flip ratio and the validation metric. Sampled axes are continuous
+  and are not grouped.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from signlock.analysis.lockin import bootstrap, fit, floating_test, goodness_of_fit
+from signlock.analysis.sweep_data import POOLED, Sweep, axis_column
+
+SEED_COLUMN = "config.seed"
+
+
+def _row(trial: str, tensor: str, hist: pd.DataFrame, ci: bool, **bootstrap_args) -> dict:
+    k, count = hist["k"].to_numpy(), hist["count"].to_numpy()
+    fitted = fit(k, count)
+    gof = goodness_of_fit(k, count)
+    floating = floating_test(k, count)
+    row = {
+        "trial": trial,
+        "tensor": tensor,
+        "n": fitted.n,
+        "h_hat": fitted.h,
+        "g_hat": fitted.g,
+        "gof_chi2": gof.statistic,
+        "gof_dof": gof.dof,
+        "gof_p": gof.p_value,
+        "regime": floating.decision,
+        "regime_lr": floating.statistic,
+        "regime_p": floating.p_value,
+        "nb_shape": floating.shape,
+    }
+    if ci:
+        interval = bootstrap(k, count, **bootstrap_args)
+        row.update(
+            h_low=interval.h_low, h_high=interval.h_high, g_low=interval.g_low,
+            g_high=interval.g_high,
+        )  # fmt: skip
+    return row
+
+
+def lockin_table(
+    sweep: Sweep,
+    *,
+    confidence: float = 0.95,
+    resamples: int = 1000,
+    seed: int = 0,
+    per_tensor: bool = True,
+    per_tensor_ci: bool = False,
+) -> pd.DataFrame:
+    """Lock-in statistics of every finished trial, pooled and (``per_tensor``) per tensor."""
+    tensors = None if per_tensor else [POOLED]
+    flips = sweep.flips(tensors=tensors, trials=list(sweep.trials["name"]))
+    rows = []
+    for (trial, tensor), hist in flips.groupby(["trial", "tensor"], sort=True):
+        ci = tensor == POOLED or per_tensor_ci
+        rows.append(_row(trial, tensor, hist, ci, resamples=resamples, level=confidence, seed=seed))
+    return pd.DataFrame(rows)
+
+
+AGGREGATED = ("h_hat", "g_hat", "flip_mean", "final_flip_ratio")
+
+
+def seed_summary(sweep: Sweep, pooled: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Mean, std and n over seeds per grid point. ``pooled``: the pooled rows of
+    :func:`lockin_table`, whose (ĥ, ĝ) replace the trials' own (they are the same estimator)."""
+    trials = sweep.trials.copy()
+    if pooled is not None and len(pooled):
+        fitted = pooled[pooled["tensor"] == POOLED].set_index("trial")
+        trials["h_hat"] = trials["name"].map(fitted["h_hat"])
+        trials["g_hat"] = trials["name"].map(fitted["g_hat"])
+    keys = [axis_column(axis) for axis in sweep.grid_axes if axis_column(axis) in trials]
+    values = [c for c in (*AGGREGATED, sweep.validation_metric) if c in trials]
+    if not len(trials):
+        return pd.DataFrame()
+    grouped = trials.groupby(keys, dropna=False) if keys else trials.groupby(lambda _: "all")
+    summary = grouped[values].agg(["mean", "std", "count"])
+    summary.columns = [f"{value}_{stat}".replace("_count", "_n") for value, stat in summary.columns]
+    return summary.reset_index()

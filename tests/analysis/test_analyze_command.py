@@ -1,0 +1,77 @@
+"""`signlock analyze` end to end: a real sweep, then its tables and figures as artifacts and
+metrics of the sweep's MLflow parent run (read with MLflow's own client)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from signlock.analysis import load_sweep, lockin_table
+from tests.orchestrator.test_cli import run_cli
+from tests.orchestrator.test_sweep import sweep_runs
+
+FIGURES = {"tail.png", "k_histograms.png", "flips_over_time.png", "pareto.png",
+           "hg_vs_init_a_init.png", "hg_vs_regularizer_lam.png"}  # fmt: skip
+TABLES = {
+    f"{stem}.{suffix}" for stem in ("lockin", "seeds", "pareto") for suffix in ("csv", "parquet")
+}
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("analyze")
+    result = run_cli("sweep", "enhancement-smoke", "--quiet", cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root
+
+
+@pytest.mark.slow
+def test_analyze_logs_tables_and_figures_on_the_parent_run(finished_sweep):
+    root = finished_sweep
+    first = run_cli("analyze", "enhancement-smoke", cwd=root)
+    assert first.returncode == 0, first.stderr
+    again = run_cli("analyze", "enhancement-smoke", cwd=root)  # replaces, never duplicates
+    assert again.returncode == 0, again.stderr
+    uri = f"sqlite:///{root / 'signlock-runs' / 'mlflow.db'}"
+    (parent,), _ = sweep_runs(uri, "enhancement-smoke")
+    client = MlflowClient(uri)
+    logged = {
+        a.path.removeprefix("analysis/")
+        for a in client.list_artifacts(parent.info.run_id, "analysis")
+    }
+    assert (FIGURES | TABLES) - logged == set()
+    metrics = client.get_run(parent.info.run_id).data.metrics
+    assert metrics["analysis.trials"] == 3 and metrics["analysis.trials_missing"] == 0
+    assert len(client.get_metric_history(parent.info.run_id, "analysis.h_hat_mean")) == 1
+
+    sweep_dir = root / "signlock-runs" / "sweeps" / "enhancement-smoke"
+    lockin = pd.read_csv(sweep_dir / "analysis" / "lockin.csv")
+    pooled = lockin[lockin["tensor"] == "__pooled__"].set_index("trial")
+    trials = pd.read_csv(sweep_dir / "trials.csv").set_index("name")
+    pd.testing.assert_series_equal(pooled["h_hat"], trials.loc[pooled.index, "h_hat"],
+                                   check_names=False)  # fmt: skip
+    assert (pooled["h_low"] <= pooled["h_hat"]).all() and (
+        pooled["h_hat"] <= pooled["h_high"]
+    ).all()
+    assert (sweep_dir / "analysis" / "tail.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_analyze_a_partly_finished_sweep_says_how_many_are_missing(finished_sweep, tmp_path):
+    copy = tmp_path / "partial"
+    shutil.copytree(finished_sweep / "signlock-runs" / "sweeps" / "enhancement-smoke", copy)
+    shutil.rmtree(copy / "summaries" / "trial=enhancement-smoke-0002")
+    sweep = load_sweep(copy)
+    assert sweep.n_missing == 1 and len(sweep.trials) == 2
+    assert set(lockin_table(sweep, per_tensor=False)["trial"]) == set(sweep.trials["name"])
+    result = run_cli("analyze", str(copy), cwd=finished_sweep)
+    assert result.returncode == 0, result.stderr
+    assert "1 of 3 trials have not finished" in result.stderr
+
+
+def test_a_bad_metric_names_the_flag_and_lists_the_allowed(finished_sweep):
+    result = run_cli("analyze", "enhancement-smoke", "--y", "accuracy", cwd=finished_sweep)
+    assert result.returncode == 2 and "--y" in result.stderr and "val_ppl" in result.stderr
