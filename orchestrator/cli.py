@@ -292,6 +292,28 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from signlock.analysis.analyze import run_analysis
+    from signlock.analysis.report import write_report
+    from signlock.analysis.sweep_data import load_sweep
+    from signlock.orchestrator.tracking import log_analysis, open_existing_store, trial_run_links
+
+    sweep = load_sweep(args.sweep, args.storage)
+    context = sweep.record.context
+    client = open_existing_store(context.tracking_uri)
+    analysis_dir = sweep.directory / "analysis"
+    if not (analysis_dir / "seeds.csv").exists():  # never analysed: analyse first
+        result = run_analysis(sweep)
+        log_analysis(client, context.parent_run_id, result.directory, result.metrics)
+    links = trial_run_links(
+        client, context.tracking_uri, context.experiment_id, context.parent_run_id
+    )
+    path = write_report(sweep, analysis_dir, links)
+    client.log_artifact(context.parent_run_id, str(path), "analysis")
+    print(path)
+    return 0
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     from signlock.orchestrator.submit import print_logs
     from signlock.orchestrator.sweep import storage_path, sweep_dir_for
@@ -476,6 +498,13 @@ def _add_sweep_commands(commands: Any) -> None:
     analyze.add_argument("--confidence", type=float, default=0.95, help="bootstrap level")
     analyze.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
     analyze.set_defaults(func=cmd_analyze)
+
+    report = commands.add_parser(
+        "report", help="one self-contained HTML page of a sweep (spec, trials, tables, figures)"
+    )
+    report.add_argument("sweep", help="sweep name (under --storage) or sweep directory")
+    report.add_argument("--storage", default=str(DEFAULT_SWEEPS_DIR))
+    report.set_defaults(func=cmd_report)
 
     logs = commands.add_parser("logs", help="a SLURM sweep's job output (stdout and stderr)")
     logs.add_argument("sweep", help="sweep name (under --storage) or sweep directory")

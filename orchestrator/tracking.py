@@ -283,6 +283,25 @@ def close_sweep_run(
     client.set_terminated(run_id, status=status)
 
 
+DEFAULT_UI = "http://127.0.0.1:5000"  # `signlock ui`
+
+
+def trial_run_links(
+    client: MlflowClient, tracking_uri: str, experiment_id: str, parent_run_id: str
+) -> dict[str, str]:
+    """Trial name → the URL of its child run in the MLflow UI (the tracking server's own, or
+    `signlock ui` on 127.0.0.1:5000 for a local store)."""
+    ui = tracking_uri.rstrip("/") if tracking_uri.startswith("http") else DEFAULT_UI
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'", max_results=50000
+    )
+    return {
+        r.data.tags[TAG_TRIAL]: f"{ui}/#/experiments/{experiment_id}/runs/{r.info.run_id}"
+        for r in runs
+        if TAG_TRIAL in r.data.tags
+    }
+
+
 def log_analysis(
     client: MlflowClient, run_id: str, directory: Path, metrics: Mapping[str, float]
 ) -> None:

@@ -124,3 +124,26 @@ def test_the_slurm_block_runs_against_a_real_slurm(tmp_path, local_slurm):
     assert "completed" in finished.stderr and "Pareto set" in finished.stdout
     printed = signlock(logs, tmp_path)
     assert printed.returncode == 0 and "Job completed successfully" in printed.stdout
+
+
+def section_block(section: str, language: str) -> str:
+    match = re.search(rf"## {section}\n.*?```{language}\n(.+?)\n```", README, flags=re.DOTALL)
+    assert match, f"README has no {language} block under '## {section}'"
+    return match.group(1)
+
+
+@pytest.mark.slow
+def test_the_analysis_block_and_the_notebook_snippet_run(tmp_path):
+    swept = signlock("signlock sweep enhancement-smoke --quiet", tmp_path)
+    assert swept.returncode == 0, swept.stderr
+    for line in section_block("Analysing a sweep", "bash").splitlines():
+        result = signlock(line, tmp_path)
+        assert result.returncode == 0, (line, result.stderr)
+    analysis = tmp_path / "signlock-runs" / "sweeps" / "enhancement-smoke" / "analysis"
+    assert (analysis / "report.html").is_file() and (analysis / "pareto.png").is_file()
+    snippet = section_block("Analysing a sweep", "python")
+    result = subprocess.run([sys.executable, "-c", snippet + "\nprint('ok')"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr
+    for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README):
+        assert (ROOT / image).is_file(), image

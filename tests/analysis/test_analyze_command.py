@@ -4,6 +4,8 @@ metrics of the sweep's MLflow parent run (read with MLflow's own client)."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -75,3 +77,39 @@ def test_analyze_a_partly_finished_sweep_says_how_many_are_missing(finished_swee
 def test_a_bad_metric_names_the_flag_and_lists_the_allowed(finished_sweep):
     result = run_cli("analyze", "enhancement-smoke", "--y", "accuracy", cwd=finished_sweep)
     assert result.returncode == 2 and "--y" in result.stderr and "val_ppl" in result.stderr
+
+
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--no-first-run", "--virtual-time-budget=10000",
+]  # fmt: skip
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert found, "Debian's chromium is not installed (.ci/run installs it)"
+    return found
+
+
+@pytest.mark.slow
+def test_the_report_renders_every_figure_in_a_real_browser(finished_sweep, tmp_path):
+    root = finished_sweep
+    result = run_cli("report", "enhancement-smoke", cwd=root)
+    assert result.returncode == 0, result.stderr
+    report = Path(result.stdout.strip().splitlines()[-1])
+    figures = len(list(report.parent.glob("*.png")))
+    dom = subprocess.run(
+        [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+         report.as_uri()],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    assert "<h1>signlock sweep enhancement-smoke</h1>" in dom
+    assert f"{figures}/{figures} figures rendered" in dom and figures >= 6
+    assert "http" not in dom.split("<h2>Figures</h2>")[1].split("<h2>Spec</h2>")[0]  # embedded
+
+    uri = f"sqlite:///{root / 'signlock-runs' / 'mlflow.db'}"
+    (parent,), children = sweep_runs(uri, "enhancement-smoke")
+    logged = {a.path for a in MlflowClient(uri).list_artifacts(parent.info.run_id, "analysis")}
+    assert "analysis/report.html" in logged
+    for child in children:  # each trial links to its own MLflow run
+        assert f"/runs/{child.info.run_id}" in dom

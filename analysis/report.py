@@ -1,0 +1,107 @@
+"""``signlock report``: one self-contained HTML page of a sweep — its spec, trial states, the
+analysis tables and every figure (embedded as data URIs: no network, no side files), with links
+to each trial's MLflow run."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from signlock.analysis.sweep_data import POOLED, Sweep
+
+REPORT_NAME = "report.html"
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 72rem; color: #222; }
+h1 { margin-bottom: 0.2rem; } .muted { color: #666; }
+table { border-collapse: collapse; font-size: 0.8rem; margin: 0.5rem 0 1.5rem; }
+th, td { border: 1px solid #ccc; padding: 0.2rem 0.45rem; text-align: right; }
+th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
+.scroll { overflow-x: auto; }
+figure { margin: 1rem 0 2rem; } figure img { max-width: 100%; border: 1px solid #eee; }
+pre { background: #f7f7f7; padding: 0.8rem; overflow-x: auto; font-size: 0.75rem; }
+"""
+# Filled in by the browser once the page has loaded: how many figures actually rendered.
+RENDER_CHECK = """
+window.addEventListener("load", () => {
+  const images = Array.from(document.images);
+  const shown = images.filter((image) => image.complete && image.naturalWidth > 0).length;
+  document.getElementById("render-check").textContent =
+    `${shown}/${images.length} figures rendered`;
+});
+"""
+
+
+def _table(frame: pd.DataFrame, links: Mapping[str, str] | None = None) -> str:
+    if frame.empty:
+        return "<p class='muted'>(none)</p>"
+    shown = frame.copy()
+    if links and "name" in shown:
+        shown["name"] = [
+            f"<a href='{html.escape(links[n])}'>{html.escape(n)}</a>" if n in links else n
+            for n in shown["name"]
+        ]
+    table = shown.to_html(index=False, escape=False, float_format=lambda v: f"{v:.4g}", border=0)
+    return f"<div class='scroll'>{table}</div>"
+
+
+def _figures(directory: Path) -> str:
+    parts = []
+    for path in sorted(directory.glob("*.png")):
+        data = base64.b64encode(path.read_bytes()).decode()
+        title = path.stem.replace("_", " ")
+        parts.append(
+            f"<figure><img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>"
+            f"<figcaption class='muted'>{html.escape(path.name)}</figcaption></figure>"
+        )
+    return "\n".join(parts)
+
+
+def _read(directory: Path, stem: str) -> pd.DataFrame:
+    path = directory / f"{stem}.csv"
+    return pd.read_csv(path) if path.exists() else pd.DataFrame()
+
+
+def render_report(sweep: Sweep, analysis_dir: Path, trial_links: Mapping[str, str]) -> str:
+    """The HTML of the report (``trial_links``: trial name → URL of its MLflow run)."""
+    trials_csv = sweep.directory / "trials.csv"
+    trials = pd.read_csv(trials_csv) if trials_csv.exists() else sweep.trials
+    lockin = _read(analysis_dir, "lockin")
+    pooled = lockin[lockin["tensor"] == POOLED] if "tensor" in lockin else lockin
+    title = f"signlock sweep {sweep.name}"
+    made = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    sections = [
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p class='muted'>{len(sweep.trials)} of {sweep.n_planned} trials finished · "
+        f"{html.escape(str(sweep.directory))} · made {made}</p>",
+        "<h2>Trials</h2>",
+        _table(trials, trial_links),
+        "<h2>Lock-in statistics (pooled K, C.4.2)</h2>",
+        _table(pooled),
+        "<h2>Seed averages per grid point</h2>",
+        _table(_read(analysis_dir, "seeds")),
+        "<h2>Pareto set</h2>",
+        _table(_read(analysis_dir, "pareto")),
+        "<h2>Figures</h2>",
+        _figures(analysis_dir),
+        "<h2>Spec</h2>",
+        f"<pre>{html.escape(json.dumps(sweep.record.context.spec, indent=2))}</pre>",
+        "<p id='render-check' class='muted'></p>",
+    ]
+    body = "\n".join(sections)
+    return (
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style>"
+        f"<script>{RENDER_CHECK}</script></head><body>{body}</body></html>"
+    )
+
+
+def write_report(sweep: Sweep, analysis_dir: Path, trial_links: Mapping[str, str]) -> Path:
+    path = analysis_dir / REPORT_NAME
+    path.write_text(render_report(sweep, analysis_dir, trial_links), encoding="utf-8")
+    return path
