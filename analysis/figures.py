@@ -170,19 +170,32 @@ def k_histogram_figure(sweep: Sweep, lockin: pd.DataFrame) -> Figure:
     return figure
 
 
+MAX_BLOCK_LINES = 12
+
+
 def flips_over_time_figure(sweep: Sweep) -> Figure:
-    """Pooled flip ratio against initialisation and step flip rate over training (Fig. 2c)."""
-    metrics = sweep.metrics(("flip_vs_init", "step_flip_rate"))
-    figure, (ax_flip, ax_rate) = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
-    for name, rows in metrics.groupby("trial") if len(metrics) else []:
-        ax_flip.plot(rows["step"], rows["flip_vs_init"], label=name)
-        ax_rate.plot(rows["step"], rows["step_flip_rate"], label=name)
+    """flip(t) against initialisation and the step flip rate over training, per block (averaged
+    over the sweep's trials, weighted by tracked scalars) and pooled (Fig. 2c)."""
+    blocks = sweep.blocks()
+    pooled = sweep.metrics(("flip_vs_init", "step_flip_rate"))
+    figure, (ax_flip, ax_rate) = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+    names = list(dict.fromkeys(blocks["block"]))
+    shown = names if len(names) <= MAX_BLOCK_LINES else names[:: len(names) // MAX_BLOCK_LINES]
+    colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(shown), 1)))
+    for block, color in zip(shown, colors, strict=False):
+        rows = blocks[blocks["block"] == block]
+        ax_flip.plot(rows["step"], rows["flip_vs_init"], color=color, lw=1, label=block)
+        ax_rate.plot(rows["step"], rows["step_flip_rate"], color=color, lw=1, label=block)
+    if len(pooled):
+        mean = pooled.groupby("step")[["flip_vs_init", "step_flip_rate"]].mean()
+        ax_flip.plot(mean.index, mean["flip_vs_init"], "k--", lw=2, label="pooled")
+        ax_rate.plot(mean.index, mean["step_flip_rate"], "k--", lw=2, label="pooled")
     ax_flip.set_ylabel("flip(t) vs initialisation")
     ax_rate.set_ylabel("step flip rate")
     ax_rate.set_yscale("symlog", linthresh=1e-6)
     for ax in (ax_flip, ax_rate):
         ax.set_xlabel("step")
-    if len(metrics) and metrics["trial"].nunique() <= 8:
-        ax_flip.legend(fontsize=7)
-    _caption(figure, "Sign flips over training, pooled over tracked tensors (cf. Fig. 2c).")
+    ax_flip.legend(fontsize=6, ncol=2)
+    _caption(figure, "Sign flips over training per block and pooled, mean over trials "
+             "(cf. Fig. 2c).")  # fmt: skip
     return figure

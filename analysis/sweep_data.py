@@ -13,6 +13,7 @@ so only what a caller asks for is materialised.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,10 @@ class Sweep:
         """K histograms: trial, tensor, k, count (only the tensors/trials asked for)."""
         return _read_dataset(self.directory / "flips", ["tensor", "k", "count"], tensors, trials)
 
+    def blocks(self) -> pd.DataFrame:
+        """flip(t) and the step flip rate per block and step (see :func:`block_metrics`)."""
+        return block_metrics(self.directory, list(self.trials["name"]))
+
     def metrics(
         self, columns: Sequence[str] = ("flip_vs_init", "step_flip_rate"), *, trials=None
     ) -> pd.DataFrame:
@@ -99,6 +104,31 @@ class Sweep:
                 frame = pd.read_parquet(path, columns=["step", *columns])
                 frames.append(frame.assign(trial=name))
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+BLOCK_PATTERNS = (
+    (re.compile(r"^blocks\.(\d+)\."), "block {}"),  # GPT Transformer blocks (C.3.6)
+    (re.compile(r"^layers\.(\d+)\."), "layer {}"),  # the MNIST MLP's Linear layers
+    (re.compile(r"^(?:tok_emb|pos_emb)\."), "embedding"),
+    (re.compile(r"^lm_head\."), "head"),
+)
+
+
+def block_of(tensor: str) -> str:
+    """The part of the model a tensor belongs to (C.3.6): ``block i``, ``embedding``, ``head``,
+    ``layer i`` for the MLP; otherwise the tensor's own name."""
+    for pattern, label in BLOCK_PATTERNS:
+        match = pattern.match(tensor)
+        if match:
+            return label.format(*match.groups())
+    return tensor
+
+
+def _block_sort_key(block: str) -> tuple[int, int, str]:
+    order = {"embedding": 0, "head": 3}
+    if block.startswith(("block ", "layer ")):
+        return 1, int(block.split()[1]), block
+    return order.get(block, 2), 0, block
 
 
 def _read_dataset(
@@ -120,6 +150,39 @@ def _read_dataset(
     frame = table.to_pandas()
     frame["trial"] = frame["trial"].astype(str)
     return frame
+
+
+BLOCK_METRICS = ("flip_vs_init", "step_flip_rate")
+
+
+def block_metrics(directory: Path, trials: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per block and step, the tracked-scalar-weighted means of flip(t) and the step flip rate
+    over every tensor of the block and every trial, streamed from the ``tensor_metrics/``
+    dataset batch by batch (memory bounded by a batch, whatever the dataset's size)."""
+    path = directory / "tensor_metrics"
+    if not path.is_dir():
+        return pd.DataFrame(columns=["step", "block", *BLOCK_METRICS])
+    dataset = pads.dataset(path, format="parquet", partitioning="hive")
+    condition = pads.field("trial").isin(list(trials)) if trials is not None else None
+    columns = ["step", "tensor", "n_tracked", *BLOCK_METRICS]
+    partial: list[pd.DataFrame] = []
+    blocks: dict[str, str] = {}
+    for batch in dataset.to_batches(columns=columns, filter=condition):
+        frame = batch.to_pandas()
+        for name in frame["tensor"].unique():
+            blocks.setdefault(name, block_of(name))
+        frame["block"] = frame["tensor"].map(blocks)
+        weights = frame["n_tracked"].astype("float64")
+        sums = {m: frame[m] * weights for m in BLOCK_METRICS}
+        weighted = pd.DataFrame({"step": frame["step"], "block": frame["block"], "n": weights,
+                                 **sums})  # fmt: skip
+        partial.append(weighted.groupby(["step", "block"], sort=False).sum())
+    if not partial:
+        return pd.DataFrame(columns=["step", "block", *BLOCK_METRICS])
+    totals = pd.concat(partial).groupby(level=["step", "block"]).sum()
+    means = totals[list(BLOCK_METRICS)].div(totals["n"], axis=0).reset_index()
+    means["order"] = means["block"].map(_block_sort_key)
+    return means.sort_values(["order", "step"]).drop(columns="order").reset_index(drop=True)
 
 
 def _varied_columns(record: SweepRecord, summaries: pd.DataFrame) -> list[str]:

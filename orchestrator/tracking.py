@@ -55,6 +55,7 @@ TRIAL_ARTIFACTS = (
     "metrics.parquet",
     "flips.parquet",
     "tensor_stats.parquet",
+    "tensor_metrics.parquet",
 )
 
 

@@ -7,6 +7,7 @@ directory (shared by all workers: a laptop, or a cluster's shared filesystem)::
     runs/<trial>/                 the trial's run directory (see signlock.trainables.trainer)
     runs/<trial>/attempts.jsonl   one line per start: attempt, scheduler trial id, resumed step
     flips/trial=<trial>/part-0.parquet      K histogram, written when the trial finishes
+    tensor_metrics/trial=<trial>/part-0.parquet  per-tensor time series, likewise
     summaries/trial=<trial>/part-0.parquet  flattened config + summary, one row
 
 ``<trial>`` is the trial's name: the grid point's (``my-sweep-0003``), or for sampled trials the
@@ -247,8 +248,9 @@ def run_sweep_trial(
 def _write_sweep_tables(
     sweep_dir: Path, cfg: TrialConfig, summary: dict[str, Any], run_dir: Path
 ) -> None:
-    flips_path = run_dir / "flips.parquet"
-    if flips_path.is_file():
-        write_partition(sweep_dir, "flips", cfg.name, pd.read_parquet(flips_path))
+    for dataset in ("flips", "tensor_metrics"):
+        path = run_dir / f"{dataset}.parquet"
+        if path.is_file():
+            write_partition(sweep_dir, dataset, cfg.name, pd.read_parquet(path))
     row = {**flatten_params(cfg.to_dict()), **finite_metrics(summary), "run_dir": str(run_dir)}
     write_partition(sweep_dir, "summaries", cfg.name, pd.DataFrame([row]))

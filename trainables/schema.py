@@ -30,6 +30,18 @@ METRIC_COLUMNS: Final = (
     "elapsed_s",
 )
 
+# --- tensor_metrics.parquet: per tracked tensor, one row every ``log_every`` steps (long) ------
+
+TENSOR_METRIC_COLUMNS: Final = (
+    "step",
+    "tensor",
+    "n_tracked",
+    "flip_vs_init",  # fraction of the tensor's tracked scalars with sign(w_t) != sign(w_0)
+    "step_flip_rate",  # zero crossings per scalar and step since the previous row
+    "boundary_hit_fraction",  # fraction with τ1 <= t (Definition 3.2)
+    "k_mean",  # cumulative mean of K (effective flips so far, Definition 3.2)
+)
+
 # --- summary.json ------------------------------------------------------------------------------
 
 TRACKER_SUMMARY_FIELDS: Final = (

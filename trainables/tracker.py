@@ -166,6 +166,8 @@ class SignTracker:
         self.steps = 0
         self._window_steps = 0
         self._window_crossings = 0
+        self._tensor_window_start = 0  # step of the previous tensor_window_stats() call
+        self._tensor_window_crossings: list[int] = []  # per tensor, at that call (empty: 0)
         self._segments, self._groups = self._build(named)
         self.n_tracked: int = sum(s.size for s in self._segments)
         with torch.no_grad():
@@ -273,6 +275,30 @@ class SignTracker:
             "boundary_hit_fraction": hits / n,
         }
 
+    def tensor_window_stats(self) -> list[dict[str, Any]]:
+        """One row per tracked tensor (``schema.TENSOR_METRIC_COLUMNS`` but the step): its flip
+        ratio against initialisation, step flip rate since the previous call (resets), boundary
+        hit fraction and cumulative K mean."""
+        counts = self._per_tensor_counts()
+        baseline = self._tensor_window_crossings or [0] * len(counts)
+        steps = self.steps - self._tensor_window_start
+        rows = []
+        for name, c, before in zip(self.tensor_names, counts, baseline, strict=True):
+            n = c["n"]
+            rows.append(
+                {
+                    "tensor": name,
+                    "n_tracked": n,
+                    "flip_vs_init": c["flips_init"] / n,
+                    "step_flip_rate": (c["crossings"] - before) / (n * steps) if steps else 0.0,
+                    "boundary_hit_fraction": c["tau_hits"] / n,
+                    "k_mean": c["k_sum"] / n,
+                }
+            )
+        self._tensor_window_crossings = [c["crossings"] for c in counts]
+        self._tensor_window_start = self.steps
+        return rows
+
     def k_histogram(self) -> pd.DataFrame:
         """Histogram of K per tensor and pooled: columns tensor, k, count (``flips.parquet``)."""
         names: list[str] = []
@@ -368,6 +394,9 @@ class SignTracker:
         self.steps = int(state["steps"])
         self._window_steps = int(state["window_steps"])
         self._window_crossings = int(state["window_crossings"])
+        # Checkpoints are taken right after a logged row: the per-tensor window starts here.
+        self._tensor_window_crossings = [c["crossings"] for c in self._per_tensor_counts()]
+        self._tensor_window_start = self.steps
 
     def _scatter(self, attr: str, parts: tuple[torch.Tensor, ...]) -> None:
         for s, part in zip(self._segments, parts, strict=True):

@@ -7,6 +7,8 @@ Run directory layout (a run directory alone is enough to resume or reproduce the
     metrics.parquet      one row every ``log_every`` steps (``schema.METRIC_COLUMNS``)
     flips.parquet        K histogram: tensor (str), k (int64), count (int64); "__pooled__" sums
     tensor_stats.parquet per-tensor lock-in statistics of the sign tracker
+    tensor_metrics.parquet per tracked tensor, every ``log_every`` steps (long format,
+                         ``schema.TENSOR_METRIC_COLUMNS``)
     summary.json         final metrics: every ``schema.SUMMARY_FIELDS``, null when not measured
     checkpoints/latest.pt model, optimizer, scheduler, RNG, tracker state (torch.load weights_only)
     checkpoints/latest.json {"step": N} of that checkpoint
@@ -35,7 +37,12 @@ from signlock.trainables.errors import ConfigError, TrainingDivergedError
 from signlock.trainables.interventions import Interventions, resolve_targets
 from signlock.trainables.models import build_model
 from signlock.trainables.schedules import LRMultiplier
-from signlock.trainables.schema import METRIC_COLUMNS, SUMMARY_FIELDS, VALIDATION_METRICS
+from signlock.trainables.schema import (
+    METRIC_COLUMNS,
+    SUMMARY_FIELDS,
+    TENSOR_METRIC_COLUMNS,
+    VALIDATION_METRICS,
+)
 from signlock.trainables.tasks import make_task
 from signlock.trainables.tracker import SignTracker
 
@@ -119,6 +126,7 @@ class Trial:
         self.data_generator = torch.Generator().manual_seed(cfg.seed + DATA_SEED_OFFSET)
         self.step = 0
         self.rows: list[dict[str, float]] = []
+        self.tensor_rows: list[dict[str, Any]] = []  # tensor_metrics.parquet
         self.projection_total = 0
         self.train_seconds = 0.0
         self.window = _Window()
@@ -239,6 +247,8 @@ class Trial:
         )
         if self.tracker is not None:
             row.update(self.tracker.window_stats())
+            tensors = self.tracker.tensor_window_stats()
+            self.tensor_rows.extend({"step": self.step, **r} for r in tensors)
         if self._should_eval():
             row.update(self.task.evaluate(self.model))
         self.rows.append(row)
@@ -284,6 +294,7 @@ class Trial:
             "tracker": self.tracker.state_dict() if self.tracker is not None else None,
             "rng": rng,
             "rows": self.rows,
+            "tensor_rows": self.tensor_rows,
             "projection_total": self.projection_total,
             "train_seconds": self.train_seconds,
         }
@@ -321,6 +332,7 @@ class Trial:
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
         self.rows = list(state["rows"])
+        self.tensor_rows = list(state.get("tensor_rows", []))
         self.projection_total = state["projection_total"]
         self.train_seconds = state["train_seconds"]
 
@@ -338,6 +350,9 @@ class Trial:
             self.tracker.per_tensor_stats().to_parquet(
                 self.run_dir / "tensor_stats.parquet", index=False
             )
+            tensor_metrics = pd.DataFrame(self.tensor_rows, columns=list(TENSOR_METRIC_COLUMNS))
+            tensor_metrics = tensor_metrics.astype({"step": "int64", "n_tracked": "int64"})
+            tensor_metrics.to_parquet(self.run_dir / "tensor_metrics.parquet", index=False)
 
     def _summary(self) -> dict[str, Any]:
         """Every ``schema.SUMMARY_FIELDS`` key; ``None`` (JSON null) where not measured."""

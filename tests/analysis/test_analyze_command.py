@@ -113,3 +113,22 @@ def test_the_report_renders_every_figure_in_a_real_browser(finished_sweep, tmp_p
     assert "analysis/report.html" in logged
     for child in children:  # each trial links to its own MLflow run
         assert f"/runs/{child.info.run_id}" in dom
+
+
+def test_block_metrics_stream_to_the_weighted_means_of_a_direct_computation(finished_sweep):
+    from signlock.analysis.sweep_data import block_metrics, block_of
+
+    assert [block_of(n) for n in ("blocks.11.attn.q.weight", "tok_emb.weight", "lm_head.weight",
+                                  "layers.0.weight", "other")] == [
+        "block 11", "embedding", "head", "layer 0", "other"]  # fmt: skip
+    sweep_dir = finished_sweep / "signlock-runs" / "sweeps" / "enhancement-smoke"
+    rows = pd.concat(
+        pd.read_parquet(path).assign(trial=path.parent.name)
+        for path in (sweep_dir / "tensor_metrics").glob("trial=*/part-0.parquet")
+    )
+    rows["block"] = rows["tensor"].map(block_of)
+    rows["w"] = rows["n_tracked"].astype(float)
+    expected = rows.assign(flip=rows["flip_vs_init"] * rows["w"]).groupby(["step", "block"])
+    expected = (expected["flip"].sum() / expected["w"].sum()).rename("flip_vs_init")
+    got = block_metrics(sweep_dir).set_index(["step", "block"])["flip_vs_init"]
+    pd.testing.assert_series_equal(got.sort_index(), expected.sort_index(), check_names=False)

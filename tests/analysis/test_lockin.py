@@ -74,3 +74,25 @@ def test_a_histogram_without_flips_fits_zero_and_tests_as_lock_in():
     fitted = fit([0], [1000])
     assert (fitted.h, fitted.g) == (0.0, 0.0)
     assert floating_test([0], [1000]).decision == "lock-in"
+
+
+def test_vectorised_per_tensor_fits_equal_the_one_at_a_time_fit():
+    import pandas as pd
+
+    from signlock.analysis.tables import per_tensor_fits
+
+    rng = np.random.default_rng(5)
+    frames = []
+    for trial in ("a", "b"):
+        for tensor, (h, g) in {"w1": (0.2, 0.5), "w2": (0.01, 0.0), "w3": (0.0, 0.0)}.items():
+            ks, counts = histogram(simulate_zig(h, g, 3000, rng))
+            frames.append(
+                pd.DataFrame({"trial": trial, "tensor": tensor, "k": ks, "count": counts})
+            )
+    flips = pd.concat(frames, ignore_index=True)
+    table = per_tensor_fits(flips).set_index(["trial", "tensor"])
+    for (trial, tensor), hist in flips.groupby(["trial", "tensor"]):
+        one = fit(hist["k"], hist["count"])
+        assert table.loc[(trial, tensor), "h_hat"] == pytest.approx(one.h)
+        assert table.loc[(trial, tensor), "g_hat"] == pytest.approx(one.g)
+        assert table.loc[(trial, tensor), "n"] == one.n

@@ -360,6 +360,26 @@ def test_window_stats_cover_the_steps_since_the_last_call():
     assert run.tracker.window_stats()["step_flip_rate"] == 0.0
 
 
+def test_tensor_window_stats_follow_each_tensor_against_the_reference():
+    rho, eps = THRESHOLDS[0]
+    shapes = [(4, 5), (7,)]
+    trajectories = make_trajectories(shapes, 30, seed=12, rho=rho, eps=eps)
+    run = start_run(shapes, [torch.float32, torch.bfloat16], trajectories, rho=rho, eps=eps)
+    for first, last in [(1, 9), (10, 30)]:
+        for t in range(first, last + 1):
+            advance(run, trajectories, t)
+        rows = run.tracker.tensor_window_stats()
+        assert [r["tensor"] for r in rows] == run.tracker.tensor_names
+        for row, refs in zip(rows, references(run, rho, eps), strict=True):
+            n = len(refs)
+            window = sum(first - 1 <= t <= last - 1 for r in refs for t in r.crossings)
+            assert row["n_tracked"] == n
+            assert row["step_flip_rate"] == pytest.approx(window / (n * (last - first + 1)))
+            assert row["flip_vs_init"] == pytest.approx(sum(r.flipped_vs_init for r in refs) / n)
+            assert row["boundary_hit_fraction"] == pytest.approx(sum(r.tau1 >= 0 for r in refs) / n)
+            assert row["k_mean"] == pytest.approx(sum(r.k for r in refs) / n)
+
+
 # ----- tables, schema, summary ------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ import torch
 from signlock.search_spaces.presets import trial_preset
 from signlock.trainables.config import TrialConfig
 from signlock.trainables.errors import TrainingDivergedError
-from signlock.trainables.schema import METRIC_COLUMNS, SUMMARY_FIELDS
+from signlock.trainables.schema import METRIC_COLUMNS, SUMMARY_FIELDS, TENSOR_METRIC_COLUMNS
 from signlock.trainables.trainer import Trial, load_run_config, run_trial
 
 TIMING_KEYS = {"wall_time_s", "steps_per_s"}
@@ -89,6 +89,14 @@ def test_run_dir_has_every_output_with_its_schema(tmp_path):
     assert summary["val_ppl"] == pytest.approx(math.exp(summary["val_loss"]))
     assert (run_dir / "tensor_stats.parquet").is_file()
     assert (run_dir / "checkpoints" / "latest.pt").is_file()
+    tensor_metrics = pd.read_parquet(run_dir / "tensor_metrics.parquet")
+    assert list(tensor_metrics.columns) == list(TENSOR_METRIC_COLUMNS)
+    tensors = per_tensor["tensor"].unique()
+    assert len(tensor_metrics) == len(metrics) * len(tensors)  # one row per tensor and log row
+    last = tensor_metrics[tensor_metrics["step"] == 40]
+    pooled_flip = (last["flip_vs_init"] * last["n_tracked"]).sum() / last["n_tracked"].sum()
+    assert pooled_flip == pytest.approx(metrics["flip_vs_init"].iloc[-1])
+    assert last["n_tracked"].sum() == summary["n_tracked"]
 
 
 def test_training_learns_the_synthetic_task(tmp_path):
@@ -132,6 +140,10 @@ def test_resumed_trial_equals_an_uninterrupted_one(tmp_path, projection):
     straight = read_outputs(tmp_path / "straight")
     resumed = read_outputs(tmp_path / "resumed")
     pd.testing.assert_frame_equal(straight[1], resumed[1])  # flips.parquet
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(tmp_path / "straight" / "tensor_metrics.parquet"),
+        pd.read_parquet(tmp_path / "resumed" / "tensor_metrics.parquet"),
+    )
     columns = [c for c in METRIC_COLUMNS if c != "elapsed_s"]
     pd.testing.assert_frame_equal(straight[0][columns], resumed[0][columns])
     drop = lambda s: {k: v for k, v in s.items() if k not in TIMING_KEYS}  # noqa: E731
