@@ -29,6 +29,7 @@ from signlock.search_spaces.axes import Axis
 from signlock.trainables.lockin_stats import zig_tail
 
 MAX_PANELS = 6
+MAX_LINES = 12  # trials drawn per panel or regime; a sweep of thousands stays readable
 PAPER_FIGURE = {  # the axis a sweep varies → the paper's figure of (ĥ, ĝ) against it
     "init.a_init": "Fig. 7, 17",
     "init.c_gap": "Fig. 7, 17",
@@ -68,7 +69,7 @@ def tail_figure(sweep: Sweep, lockin: pd.DataFrame) -> Figure:
     )
     for ax, value in zip(axes[0], panels, strict=True):
         names = trials.index if value is None else trials.index[trials[column] == value]
-        for name in names:
+        for name in names[:MAX_LINES]:
             hist = flips[flips["trial"] == name].sort_values("k")
             if hist.empty or name not in fits.index:
                 continue
@@ -157,7 +158,7 @@ def k_histogram_figure(sweep: Sweep, lockin: pd.DataFrame) -> Figure:
                           ("heavier tail", "tab:green")):  # fmt: skip
         names = regimes.index[regimes == regime]
         first = True
-        for name in names:
+        for name in names[:MAX_LINES]:
             hist = flips[flips["trial"] == name]
             ax.plot(hist["k"], hist["count"] / hist["count"].sum(), "-", color=color, alpha=0.6,
                     label=f"{regime} ({len(names)})" if first else None)  # fmt: skip
@@ -176,8 +177,9 @@ MAX_BLOCK_LINES = 12
 def flips_over_time_figure(sweep: Sweep) -> Figure:
     """flip(t) against initialisation and the step flip rate over training, per block (averaged
     over the sweep's trials, weighted by tracked scalars) and pooled (Fig. 2c)."""
-    blocks = sweep.blocks()
-    pooled = sweep.metrics(("flip_vs_init", "step_flip_rate"))
+    every = sweep.blocks()
+    pooled = every[every["block"] == POOLED]
+    blocks = every[every["block"] != POOLED]
     figure, (ax_flip, ax_rate) = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
     names = list(dict.fromkeys(blocks["block"]))
     shown = names if len(names) <= MAX_BLOCK_LINES else names[:: len(names) // MAX_BLOCK_LINES]
@@ -186,10 +188,8 @@ def flips_over_time_figure(sweep: Sweep) -> Figure:
         rows = blocks[blocks["block"] == block]
         ax_flip.plot(rows["step"], rows["flip_vs_init"], color=color, lw=1, label=block)
         ax_rate.plot(rows["step"], rows["step_flip_rate"], color=color, lw=1, label=block)
-    if len(pooled):
-        mean = pooled.groupby("step")[["flip_vs_init", "step_flip_rate"]].mean()
-        ax_flip.plot(mean.index, mean["flip_vs_init"], "k--", lw=2, label="pooled")
-        ax_rate.plot(mean.index, mean["step_flip_rate"], "k--", lw=2, label="pooled")
+    ax_flip.plot(pooled["step"], pooled["flip_vs_init"], "k--", lw=2, label="pooled")
+    ax_rate.plot(pooled["step"], pooled["step_flip_rate"], "k--", lw=2, label="pooled")
     ax_flip.set_ylabel("flip(t) vs initialisation")
     ax_rate.set_ylabel("step flip rate")
     ax_rate.set_yscale("symlog", linthresh=1e-6)

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from signlock.orchestrator.record import SWEEP_FILE, SweepRecord
@@ -125,7 +127,7 @@ def block_of(tensor: str) -> str:
 
 
 def _block_sort_key(block: str) -> tuple[int, int, str]:
-    order = {"embedding": 0, "head": 3}
+    order = {"embedding": 0, "head": 3, POOLED: 4}
     if block.startswith(("block ", "layer ")):
         return 1, int(block.split()[1]), block
     return order.get(block, 2), 0, block
@@ -156,31 +158,51 @@ BLOCK_METRICS = ("flip_vs_init", "step_flip_rate")
 
 
 def block_metrics(directory: Path, trials: Sequence[str] | None = None) -> pd.DataFrame:
-    """Per block and step, the tracked-scalar-weighted means of flip(t) and the step flip rate
-    over every tensor of the block and every trial, streamed from the ``tensor_metrics/``
+    """Per block and step (and ``__pooled__`` over the whole model), the tracked-scalar-weighted
+    means of flip(t) and the step flip rate over every tensor of the block and every trial,
+    streamed from the ``tensor_metrics/``
     dataset batch by batch (memory bounded by a batch, whatever the dataset's size)."""
     path = directory / "tensor_metrics"
+    empty = pd.DataFrame(columns=["step", "block", *BLOCK_METRICS])
     if not path.is_dir():
-        return pd.DataFrame(columns=["step", "block", *BLOCK_METRICS])
+        return empty
     dataset = pads.dataset(path, format="parquet", partitioning="hive")
     condition = pads.field("trial").isin(list(trials)) if trials is not None else None
     columns = ["step", "tensor", "n_tracked", *BLOCK_METRICS]
-    partial: list[pd.DataFrame] = []
-    blocks: dict[str, str] = {}
-    for batch in dataset.to_batches(columns=columns, filter=condition):
-        frame = batch.to_pandas()
-        for name in frame["tensor"].unique():
-            blocks.setdefault(name, block_of(name))
-        frame["block"] = frame["tensor"].map(blocks)
-        weights = frame["n_tracked"].astype("float64")
-        sums = {m: frame[m] * weights for m in BLOCK_METRICS}
-        weighted = pd.DataFrame({"step": frame["step"], "block": frame["block"], "n": weights,
-                                 **sums})  # fmt: skip
-        partial.append(weighted.groupby(["step", "block"], sort=False).sum())
-    if not partial:
-        return pd.DataFrame(columns=["step", "block", *BLOCK_METRICS])
-    totals = pd.concat(partial).groupby(level=["step", "block"]).sum()
-    means = totals[list(BLOCK_METRICS)].div(totals["n"], axis=0).reset_index()
+    block_ids: dict[str, int] = {}
+    totals: dict[tuple[int, int], np.ndarray] = {}  # (step, block id) → [n, Σ n·metric …]
+    for batch in dataset.to_batches(columns=columns, filter=condition, batch_size=1 << 20):
+        if batch.num_rows == 0:
+            continue
+        tensors = pc.dictionary_encode(batch.column("tensor"))
+        names = tensors.dictionary.to_pylist()
+        per_name = np.array([block_ids.setdefault(block_of(n), len(block_ids)) for n in names])
+        blocks = per_name[tensors.indices.to_numpy(zero_copy_only=False)]
+        steps = batch.column("step").to_numpy(zero_copy_only=False)
+        weights = batch.column("n_tracked").to_numpy(zero_copy_only=False).astype(np.float64)
+        keys, inverse = np.unique(np.stack([steps, blocks]), axis=1, return_inverse=True)
+        inverse = inverse.ravel()
+        sums = [np.bincount(inverse, weights=weights, minlength=keys.shape[1])]
+        for metric in BLOCK_METRICS:
+            values = batch.column(metric).to_numpy(zero_copy_only=False) * weights
+            sums.append(np.bincount(inverse, weights=values, minlength=keys.shape[1]))
+        stacked = np.stack(sums, axis=1)
+        for index, (step, block) in enumerate(keys.T):
+            key = (int(step), int(block))
+            totals[key] = totals[key] + stacked[index] if key in totals else stacked[index]
+    if not totals:
+        return empty
+    pooled = len(block_ids)  # every tracked scalar of the model
+    for (step, _), sums in list(totals.items()):
+        key = (step, pooled)
+        totals[key] = totals[key] + sums if key in totals else sums.copy()
+    names_by_id = {block_id: name for name, block_id in block_ids.items()} | {pooled: POOLED}
+    rows = [
+        {"step": step, "block": names_by_id[block],
+         **{m: sums[i + 1] / sums[0] for i, m in enumerate(BLOCK_METRICS)}}
+        for (step, block), sums in totals.items()
+    ]  # fmt: skip
+    means = pd.DataFrame(rows)
     means["order"] = means["block"].map(_block_sort_key)
     return means.sort_values(["order", "step"]).drop(columns="order").reset_index(drop=True)
 
