@@ -155,6 +155,7 @@ def _read_dataset(
 
 
 BLOCK_METRICS = ("flip_vs_init", "step_flip_rate")
+KEY_SPAN = 1 << 20  # (step, block) packed into one int64: step · KEY_SPAN + block id
 
 
 def block_metrics(directory: Path, trials: Sequence[str] | None = None) -> pd.DataFrame:
@@ -170,7 +171,8 @@ def block_metrics(directory: Path, trials: Sequence[str] | None = None) -> pd.Da
     condition = pads.field("trial").isin(list(trials)) if trials is not None else None
     columns = ["step", "tensor", "n_tracked", *BLOCK_METRICS]
     block_ids: dict[str, int] = {}
-    totals: dict[tuple[int, int], np.ndarray] = {}  # (step, block id) → [n, Σ n·metric …]
+    keys_seen: list[np.ndarray] = []  # per batch: step·KEY_SPAN + block id of each partial sum
+    sums_seen: list[np.ndarray] = []  # per batch: [Σ n, Σ n·metric …] per key
     for batch in dataset.to_batches(columns=columns, filter=condition, batch_size=1 << 20):
         if batch.num_rows == 0:
             continue
@@ -178,31 +180,34 @@ def block_metrics(directory: Path, trials: Sequence[str] | None = None) -> pd.Da
         names = tensors.dictionary.to_pylist()
         per_name = np.array([block_ids.setdefault(block_of(n), len(block_ids)) for n in names])
         blocks = per_name[tensors.indices.to_numpy(zero_copy_only=False)]
-        steps = batch.column("step").to_numpy(zero_copy_only=False)
+        steps = batch.column("step").to_numpy(zero_copy_only=False).astype(np.int64)
         weights = batch.column("n_tracked").to_numpy(zero_copy_only=False).astype(np.float64)
-        keys, inverse = np.unique(np.stack([steps, blocks]), axis=1, return_inverse=True)
-        inverse = inverse.ravel()
-        sums = [np.bincount(inverse, weights=weights, minlength=keys.shape[1])]
-        for metric in BLOCK_METRICS:
-            values = batch.column(metric).to_numpy(zero_copy_only=False) * weights
-            sums.append(np.bincount(inverse, weights=values, minlength=keys.shape[1]))
-        stacked = np.stack(sums, axis=1)
-        for index, (step, block) in enumerate(keys.T):
-            key = (int(step), int(block))
-            totals[key] = totals[key] + stacked[index] if key in totals else stacked[index]
-    if not totals:
+        keys, inverse = np.unique(steps * KEY_SPAN + blocks, return_inverse=True)
+        values = [weights] + [
+            batch.column(m).to_numpy(zero_copy_only=False) * weights for m in BLOCK_METRICS
+        ]
+        sums = [np.bincount(inverse, weights=v, minlength=keys.size) for v in values]
+        keys_seen.append(keys)
+        sums_seen.append(np.stack(sums, axis=1))
+    if not keys_seen:
         return empty
-    pooled = len(block_ids)  # every tracked scalar of the model
-    for (step, _), sums in list(totals.items()):
-        key = (step, pooled)
-        totals[key] = totals[key] + sums if key in totals else sums.copy()
-    names_by_id = {block_id: name for name, block_id in block_ids.items()} | {pooled: POOLED}
-    rows = [
-        {"step": step, "block": names_by_id[block],
-         **{m: sums[i + 1] / sums[0] for i, m in enumerate(BLOCK_METRICS)}}
-        for (step, block), sums in totals.items()
-    ]  # fmt: skip
-    means = pd.DataFrame(rows)
+    keys, inverse = np.unique(np.concatenate(keys_seen), return_inverse=True)
+    partial = np.concatenate(sums_seen)
+    totals = np.stack(
+        [np.bincount(inverse, weights=partial[:, i], minlength=keys.size) for i in range(3)],
+        axis=1,
+    )
+    steps, block_id = np.divmod(keys, KEY_SPAN)
+    names_by_id = np.array(sorted(block_ids, key=block_ids.__getitem__), dtype=object)
+    sums_by_metric = {m: totals[:, i + 1] for i, m in enumerate(BLOCK_METRICS)}
+    frame = pd.DataFrame(
+        {"step": steps, "block": names_by_id[block_id], "n": totals[:, 0], **sums_by_metric}
+    )
+    pooled = frame.groupby("step", as_index=False)[["n", *BLOCK_METRICS]].sum()
+    frame = pd.concat([frame, pooled.assign(block=POOLED)], ignore_index=True)
+    for metric in BLOCK_METRICS:
+        frame[metric] = frame[metric] / frame["n"]
+    means = frame.drop(columns="n")
     means["order"] = means["block"].map(_block_sort_key)
     return means.sort_values(["order", "step"]).drop(columns="order").reset_index(drop=True)
 
