@@ -56,6 +56,7 @@ def run_analysis(
     y: str | None = None,
     confidence: float = 0.95,
     resamples: int = 1000,
+    per_tensor_ci: bool = False,
 ) -> AnalysisResult:
     """Tables (CSV and Parquet) and PNG figures of ``sweep``'s finished trials."""
     if what not in WHATS:
@@ -72,7 +73,9 @@ def run_analysis(
     result = AnalysisResult(directory, n_trials=len(sweep.trials), n_missing=sweep.n_missing)
     if not len(sweep.trials):
         return result
-    lockin = lockin_table(sweep, confidence=confidence, resamples=resamples)
+    lockin = lockin_table(
+        sweep, confidence=confidence, resamples=resamples, per_tensor_ci=per_tensor_ci
+    )
     summary = seed_summary(sweep, lockin)
     _write_table(summary, directory, "seeds", result)
     if what in ("lockin", "all"):

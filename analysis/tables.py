@@ -46,6 +46,12 @@ def _row(trial: str, tensor: str, hist: pd.DataFrame, ci: bool, **bootstrap_args
     return row
 
 
+def _interval(hist: pd.DataFrame, resamples: int, level: float, seed: int) -> dict[str, float]:
+    found = bootstrap(hist["k"], hist["count"], resamples=resamples, level=level, seed=seed)
+    return {"h_low": found.h_low, "h_high": found.h_high, "g_low": found.g_low,
+            "g_high": found.g_high}  # fmt: skip
+
+
 def per_tensor_fits(flips: pd.DataFrame) -> pd.DataFrame:
     """ĥ, ĝ (C.4.2) of every (trial, tensor) histogram at once, from its sufficient statistics
     (n, #{K>0}, ΣK) — vectorised, for sweeps with thousands of trials × hundreds of tensors."""
@@ -71,9 +77,11 @@ def lockin_table(
     resamples: int = 1000,
     seed: int = 0,
     per_tensor: bool = True,
+    per_tensor_ci: bool = False,
 ) -> pd.DataFrame:
     """Lock-in statistics of every finished trial: the pooled histogram with its bootstrap
-    interval, goodness of fit and regime test; each tensor's (ĥ, ĝ) when ``per_tensor``."""
+    interval, goodness of fit and regime test; each tensor's (ĥ, ĝ) when ``per_tensor``, with
+    a bootstrap interval too when ``per_tensor_ci`` (cost: trials × tensors × resamples)."""
     trials = list(sweep.trials["name"])
     pooled = sweep.flips(tensors=[POOLED], trials=trials)
     rows = [
@@ -83,7 +91,14 @@ def lockin_table(
     table = pd.DataFrame(rows)
     if per_tensor:
         flips = sweep.flips(trials=trials)
-        tensors = per_tensor_fits(flips[flips["tensor"] != POOLED])
+        per = flips[flips["tensor"] != POOLED]
+        tensors = per_tensor_fits(per)
+        if per_tensor_ci:
+            intervals = [
+                {"trial": trial, "tensor": tensor, **_interval(hist, resamples, confidence, seed)}
+                for (trial, tensor), hist in per.groupby(["trial", "tensor"], sort=True)
+            ]
+            tensors = tensors.merge(pd.DataFrame(intervals), on=["trial", "tensor"])
         table = pd.concat([table, tensors], ignore_index=True)
     return table.sort_values(["trial", "tensor"], ignore_index=True) if len(table) else table
 

@@ -281,6 +281,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         y=args.y,
         confidence=args.confidence,
         resamples=args.resamples,
+        per_tensor_ci=args.per_tensor_ci,
     )
     context = sweep.record.context
     client = open_existing_store(context.tracking_uri)
@@ -497,6 +498,11 @@ def _add_sweep_commands(commands: Any) -> None:
     analyze.add_argument("--y", help="Pareto y metric (default: the validation metric)")
     analyze.add_argument("--confidence", type=float, default=0.95, help="bootstrap level")
     analyze.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    analyze.add_argument(
+        "--per-tensor-ci",
+        action="store_true",
+        help="bootstrap intervals per tensor too (default: pooled only; costs tensors × more)",
+    )
     analyze.set_defaults(func=cmd_analyze)
 
     report = commands.add_parser(

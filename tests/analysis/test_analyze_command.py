@@ -136,3 +136,11 @@ def test_block_metrics_stream_to_the_weighted_means_of_a_direct_computation(fini
     pooled = got.xs("__pooled__", level="block")  # every trial tracks the same scalars
     metrics = load_sweep(sweep_dir).metrics(("flip_vs_init",)).groupby("step")["flip_vs_init"]
     pd.testing.assert_series_equal(pooled, metrics.mean(), check_names=False)
+
+
+def test_per_tensor_intervals_on_request(finished_sweep):
+    sweep = load_sweep(finished_sweep / "signlock-runs" / "sweeps" / "enhancement-smoke")
+    table = lockin_table(sweep, resamples=200, per_tensor_ci=True)
+    tensors = table[table["tensor"] != "__pooled__"]
+    assert len(tensors) > 3 * 5 and tensors["h_low"].notna().all()
+    assert ((tensors["h_low"] <= tensors["h_hat"]) & (tensors["h_hat"] <= tensors["h_high"])).all()
