@@ -158,6 +158,21 @@ BLOCK_METRICS = ("flip_vs_init", "step_flip_rate")
 KEY_SPAN = 1 << 20  # (step, block) packed into one int64: step · KEY_SPAN + block id
 
 
+FOLD_EVERY = 16
+
+
+def _fold(keys: list[np.ndarray], sums: list[np.ndarray]) -> tuple[list, list]:
+    """Partial sums of several batches → one array per distinct key."""
+    unique, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+    stacked = np.concatenate(sums)
+    folded = np.stack(
+        [np.bincount(inverse, weights=stacked[:, i], minlength=unique.size)
+         for i in range(stacked.shape[1])],
+        axis=1,
+    )  # fmt: skip
+    return [unique], [folded]
+
+
 def block_metrics(directory: Path, trials: Sequence[str] | None = None) -> pd.DataFrame:
     """Per block and step (and ``__pooled__`` over the whole model), the tracked-scalar-weighted
     means of flip(t) and the step flip rate over every tensor of the block and every trial,
@@ -173,7 +188,14 @@ def block_metrics(directory: Path, trials: Sequence[str] | None = None) -> pd.Da
     block_ids: dict[str, int] = {}
     keys_seen: list[np.ndarray] = []  # per batch: step·KEY_SPAN + block id of each partial sum
     sums_seen: list[np.ndarray] = []  # per batch: [Σ n, Σ n·metric …] per key
-    for batch in dataset.to_batches(columns=columns, filter=condition, batch_size=1 << 20):
+    batches = dataset.to_batches(
+        columns=columns,
+        filter=condition,
+        batch_size=1 << 20,
+        fragment_readahead=2,
+        batch_readahead=2,
+    )
+    for batch in batches:
         if batch.num_rows == 0:
             continue
         tensors = pc.dictionary_encode(batch.column("tensor"))
@@ -189,14 +211,11 @@ def block_metrics(directory: Path, trials: Sequence[str] | None = None) -> pd.Da
         sums = [np.bincount(inverse, weights=v, minlength=keys.size) for v in values]
         keys_seen.append(keys)
         sums_seen.append(np.stack(sums, axis=1))
+        if len(keys_seen) >= FOLD_EVERY:  # keep memory flat: fold the partial sums
+            keys_seen, sums_seen = _fold(keys_seen, sums_seen)
     if not keys_seen:
         return empty
-    keys, inverse = np.unique(np.concatenate(keys_seen), return_inverse=True)
-    partial = np.concatenate(sums_seen)
-    totals = np.stack(
-        [np.bincount(inverse, weights=partial[:, i], minlength=keys.size) for i in range(3)],
-        axis=1,
-    )
+    (keys,), (totals,) = _fold(keys_seen, sums_seen)
     steps, block_id = np.divmod(keys, KEY_SPAN)
     names_by_id = np.array(sorted(block_ids, key=block_ids.__getitem__), dtype=object)
     sums_by_metric = {m: totals[:, i + 1] for i, m in enumerate(BLOCK_METRICS)}

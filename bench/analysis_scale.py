@@ -42,7 +42,7 @@ def tensor_names(count: int) -> list[str]:
 
 
 def make_spec(trials: int) -> SweepSpec:
-    a_inits = [round(0.001 * (i + 1), 6) for i in range(trials // SEEDS)]
+    a_inits = [round(1e-4 * (i + 1), 7) for i in range(trials // SEEDS)]  # within the C.4 bound
     return SweepSpec.from_dict(
         {
             "name": "scale-bench",
