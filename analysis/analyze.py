@@ -105,7 +105,7 @@ def _lockin_outputs(
         h_hat=sweep.trials["name"].map(lockin[lockin.tensor == POOLED].set_index("trial")["h_hat"]),
         g_hat=sweep.trials["name"].map(lockin[lockin.tensor == POOLED].set_index("trial")["g_hat"]),
     )
-    for axis in sweep.axes:
+    for axis in sweep.figure_axes:
         stem = "hg_vs_" + axis.key.replace(".", "_")
         _figure(figures.hg_figure(sweep, summary, trials, axis), directory, stem, result)
     pooled = lockin[lockin["tensor"] == POOLED]

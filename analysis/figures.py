@@ -37,6 +37,7 @@ PAPER_FIGURE = {  # the axis a sweep varies → the paper's figure of (ĥ, ĝ) a
     "schedule.kind": "Fig. 10, 11",
     "data.batch_size": "Fig. 12",
     "model.d_model": "Fig. 13",
+    "model.n_layers": "Fig. 4",  # the scale family of Table 1 varies depth with width
     "preset": "Fig. 4",
 }
 
@@ -100,7 +101,8 @@ def hg_figure(sweep: Sweep, summary: pd.DataFrame, trials: pd.DataFrame, axis: A
     """ĥ and ĝ against one swept axis: seed means with std error bars, one line per value of
     the other grid axis; scatter over trials for a sampled axis (Fig. 7, 17, 10–13, 4)."""
     column = axis_column(axis)
-    others = [axis_column(a) for a in sweep.grid_axes if a.key != axis.key]
+    others = [c for c in sweep.group_columns if c != column and c.removeprefix("config.")
+              not in sweep.point_keys]  # fmt: skip
     figure, (ax_h, ax_g) = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
     for ax, stat, name in ((ax_h, "h_hat", "ĥ"), (ax_g, "g_hat", "ĝ")):
         if is_sampled(axis):

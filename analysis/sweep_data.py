@@ -82,6 +82,31 @@ class Sweep:
         return tuple(axis for axis in self.axes if not is_sampled(axis))
 
     @property
+    def point_keys(self) -> tuple[str, ...]:
+        """Fields the spec's ``points`` vary that are not grid axes (e.g. the models of the scale
+        sweep, the schedules of D.4.5), in the order they first appear."""
+        axis_keys = {axis.key for axis in self.axes}
+        keys = [k for point in self.spec.points for k in point if k not in axis_keys]
+        return tuple(k for k in dict.fromkeys(keys) if f"config.{k}" in self.trials)
+
+    @property
+    def figure_axes(self) -> tuple[Axis, ...]:
+        """What (ĥ, ĝ) is drawn against: every axis; for a sweep of points only, the point field
+        that names them best (the number of layers for model scale, the width, the schedule)."""
+        if self.axes or not self.point_keys:
+            return self.axes
+        preferred = ("model.n_layers", "model.d_model", "schedule.kind", "data.batch_size")
+        key = next((k for k in preferred if k in self.point_keys), self.point_keys[0])
+        values = tuple(dict.fromkeys(self.trials[f"config.{key}"].dropna()))
+        return (Axis(key, "grid", values),)
+
+    @property
+    def group_columns(self) -> list[str]:
+        """A grid point: every grid axis and point field, not the seed."""
+        keys = [axis.key for axis in self.grid_axes] + list(self.point_keys)
+        return [f"config.{k}" for k in dict.fromkeys(keys) if f"config.{k}" in self.trials]
+
+    @property
     def validation_metric(self) -> str:
         return validation_objective(self.spec.base.model.kind)
 

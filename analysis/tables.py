@@ -3,9 +3,9 @@
 - :func:`lockin_table` — per trial, pooled over its tracked scalars: ĥ, ĝ (C.4.2) with a
   bootstrap interval, the χ² goodness of fit and the lock-in/floating decision (Theorem D.33);
   per tracked tensor: ĥ and ĝ (vectorised over all trials and tensors).
-- :func:`seed_summary` — per grid point (every grid axis but the seed): mean, std and n over seeds
-  of ĥ, ĝ, flip_mean, the final flip ratio and the validation metric. Sampled axes are continuous
-  and are not grouped.
+- :func:`seed_summary` — per grid point (every grid axis and point field but the seed): mean,
+  std and n over seeds of ĥ, ĝ, flip_mean, the final flip ratio and the validation metric.
+  Sampled axes are continuous and are not grouped.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import pandas as pd
 
 from signlock.analysis.lockin import bootstrap, fit, floating_test, goodness_of_fit
-from signlock.analysis.sweep_data import POOLED, Sweep, axis_column
+from signlock.analysis.sweep_data import POOLED, Sweep
 
 SEED_COLUMN = "config.seed"
 
@@ -114,7 +114,7 @@ def seed_summary(sweep: Sweep, pooled: pd.DataFrame | None = None) -> pd.DataFra
         fitted = pooled[pooled["tensor"] == POOLED].set_index("trial")
         trials["h_hat"] = trials["name"].map(fitted["h_hat"])
         trials["g_hat"] = trials["name"].map(fitted["g_hat"])
-    keys = [axis_column(axis) for axis in sweep.grid_axes if axis_column(axis) in trials]
+    keys = sweep.group_columns
     values = [c for c in (*AGGREGATED, sweep.validation_metric) if c in trials]
     if not len(trials):
         return pd.DataFrame()

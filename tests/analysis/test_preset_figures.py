@@ -1,0 +1,59 @@
+"""Every preset sweep of the paper gets the paper's figure for it (from its axes or points)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from signlock.analysis.figures import PAPER_FIGURE
+from signlock.analysis.sweep_data import Sweep
+from signlock.orchestrator.record import SweepRecord
+from signlock.orchestrator.trial_runner import SweepContext
+from signlock.search_spaces.sweeps import SWEEP_PRESETS
+
+
+def planned_sweep(preset: str) -> Sweep:
+    """The preset as if every trial had finished: its trials' varied fields, no results."""
+    spec = SWEEP_PRESETS[preset]()
+    context = SweepContext(preset, "/nowhere", spec.to_dict(), "sqlite:///x.db", "1", "run")
+    record = SweepRecord(context, {"cpu": 1.0}, spec.n_trials(), None, 2, None)
+    keys = [a.key for a in spec.axes] + [k for p in spec.points for k in p] + ["seed"]
+    rows = []
+    for point in spec.grid_overrides():
+        flat = spec.trial_config(point).to_dict()
+        row = {"name": point["name"]}
+        for key in dict.fromkeys(keys):
+            value = flat
+            for part in key.split("."):
+                value = value[part]
+            row[f"config.{key}"] = value
+        rows.append(row)
+    return Sweep(Path("/nowhere"), record, pd.DataFrame(rows))
+
+
+@pytest.mark.parametrize(
+    ("preset", "axis", "figure"),
+    [
+        ("enhancement", "init.a_init", "Fig. 7, 17"),
+        ("enhancement", "regularizer.lam", "Fig. 7, 17"),
+        ("schedules", "schedule.kind", "Fig. 10, 11"),
+        ("batch-size", "data.batch_size", "Fig. 12"),
+        ("width", "model.d_model", "Fig. 13"),
+        ("scale", "model.n_layers", "Fig. 4"),
+    ],
+)
+def test_the_sweep_draws_h_and_g_against_the_papers_axis(preset, axis, figure):
+    sweep = planned_sweep(preset)
+    assert axis in [a.key for a in sweep.figure_axes]
+    assert PAPER_FIGURE[axis] == figure
+    grouped = sweep.group_columns
+    assert f"config.{axis}" in grouped and "config.seed" not in grouped
+
+
+def test_points_of_one_model_are_one_group_over_seeds():
+    sweep = planned_sweep("scale")
+    groups = sweep.trials.groupby(sweep.group_columns).size()
+    models = sweep.spec.n_trials() // len(sweep.spec.seeds)  # the base model and every point
+    assert len(groups) == models == 12 and (groups == len(sweep.spec.seeds)).all()
