@@ -83,7 +83,7 @@ def run_analysis(
     if what in ("pareto", "all"):
         front = pareto_front(sweep.trials, [y, x])
         _write_table(front, directory, "pareto", result)
-        _figure(figures.pareto_figure(sweep, summary, x, y), directory, "pareto", result)
+        _figure(figures.pareto_figure(sweep, x, y), directory, "pareto", result)
         result.metrics["analysis.pareto_size"] = float(len(front))
     result.metrics["analysis.trials"] = float(result.n_trials)
     result.metrics["analysis.trials_missing"] = float(result.n_missing)

@@ -127,24 +127,33 @@ def _smallest_positive(values: pd.Series) -> float:
     return float(positive.min()) if len(positive) else 1.0
 
 
-def pareto_figure(sweep: Sweep, summary: pd.DataFrame, x: str, y: str) -> Figure:
-    """``y`` against ``x`` (both minimised): seed means with std error bars, one curve per value
-    of the first grid axis across the second, the non-dominated points ringed (Fig. 5, 18)."""
+def pareto_figure(sweep: Sweep, x: str, y: str) -> Figure:
+    """``y`` against ``x`` (both minimised), the non-dominated points ringed (Fig. 5, 18): seed
+    means with std error bars, one curve per value of the first grid field across the second;
+    for sampled axes (Optuna, random search) every trial as a point."""
     figure, ax = plt.subplots(figsize=(5.5, 4))
-    keys = [axis_column(a) for a in sweep.grid_axes]
-    if f"{x}_mean" in summary and f"{y}_mean" in summary:
-        points = summary
+    trials = sweep.trials
+    keys = sweep.group_columns
+    if any(is_sampled(a) for a in sweep.axes) or not keys:
+        points = trials[[x, y]].rename(columns={x: "x", y: "y"})
+        ax.scatter(points["x"], points["y"], s=14, label="trials")
+    else:
+        stats = trials.groupby(keys, dropna=False)[[x, y]].agg(["mean", "std"])
+        points = pd.DataFrame(
+            {"x": stats[(x, "mean")], "y": stats[(y, "mean")], "x_std": stats[(x, "std")],
+             "y_std": stats[(y, "std")]}
+        ).reset_index()  # fmt: skip
         groups = points.groupby(keys[0], dropna=False) if len(keys) >= 2 else [(None, points)]
         for value, group in groups:
             group = group.sort_values(keys[1]) if len(keys) >= 2 else group
             label = None if value is None else f"{keys[0].removeprefix('config.')}={_label(value)}"
-            ax.errorbar(group[f"{x}_mean"], group[f"{y}_mean"], xerr=group[f"{x}_std"].fillna(0),
-                        yerr=group[f"{y}_std"].fillna(0), marker="o", ms=4, capsize=3,
+            ax.errorbar(group["x"], group["y"], xerr=group["x_std"].fillna(0),
+                        yerr=group["y_std"].fillna(0), marker="o", ms=4, capsize=3,
                         label=label)  # fmt: skip
-        front = pareto_mask(points[[f"{x}_mean", f"{y}_mean"]].to_numpy())
-        ax.scatter(points.loc[front, f"{x}_mean"], points.loc[front, f"{y}_mean"], s=120,
-                   facecolors="none", edgecolors="black", label="non-dominated")  # fmt: skip
-        ax.legend(fontsize=7)
+    front = pareto_mask(points[["x", "y"]].to_numpy())
+    ax.scatter(points.loc[front, "x"], points.loc[front, "y"], s=120, facecolors="none",
+               edgecolors="black", label="non-dominated")  # fmt: skip
+    ax.legend(fontsize=7)
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     _caption(figure, f"Pareto front of {y} against {x}, both minimised (cf. Fig. 5, 18).")

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from signlock.analysis.figures import PAPER_FIGURE
+from signlock.analysis.figures import PAPER_FIGURE, pareto_figure
 from signlock.analysis.sweep_data import Sweep
 from signlock.orchestrator.record import SweepRecord
 from signlock.orchestrator.trial_runner import SweepContext
+from signlock.search_spaces.axes import Axis
 from signlock.search_spaces.sweeps import SWEEP_PRESETS
 
 
@@ -57,3 +60,30 @@ def test_points_of_one_model_are_one_group_over_seeds():
     groups = sweep.trials.groupby(sweep.group_columns).size()
     models = sweep.spec.n_trials() // len(sweep.spec.seeds)  # the base model and every point
     assert len(groups) == models == 12 and (groups == len(sweep.spec.seeds)).all()
+
+
+def with_results(sweep: Sweep, seed: int = 0) -> Sweep:
+    rng = np.random.default_rng(seed)
+    n = len(sweep.trials)
+    trials = sweep.trials.assign(flip_mean=rng.random(n), val_ppl=3 + rng.random(n))
+    return Sweep(sweep.directory, sweep.record, trials)
+
+
+@pytest.mark.parametrize("preset", ["enhancement", "scale", "enhancement-optuna"])
+def test_the_pareto_figure_draws_grid_means_or_sampled_trials(preset):
+    if preset == "enhancement-optuna":  # sampled axes: every trial is a point
+        spec = SWEEP_PRESETS["enhancement-smoke"]()
+        sweep = with_results(planned_sweep("enhancement-smoke"))
+        sampled = replace(spec, axes=(Axis("init.a_init", "loguniform", (), 1e-3, 3e-2),))
+        context = replace(sweep.record.context, spec=sampled.to_dict())
+        sweep = Sweep(sweep.directory, replace(sweep.record, context=context), sweep.trials)
+        expected_points = len(sweep.trials)
+    else:
+        sweep = with_results(planned_sweep(preset))
+        expected_points = sweep.trials.groupby(sweep.group_columns).ngroups
+    figure = pareto_figure(sweep, "flip_mean", "val_ppl")
+    drawn = sum(
+        len(c.get_offsets()) for c in figure.axes[0].collections if c.get_label() != "non-dominated"
+    )
+    lines = sum(len(line.get_xdata()) for line in figure.axes[0].lines)
+    assert max(drawn, lines) >= expected_points
