@@ -4,6 +4,11 @@ The sweep is prepared here (validated, its directory, record and MLflow parent r
 then handed to :mod:`signlock.cluster.slurm`, which runs :class:`ClusterEntrypoint` on the head
 node of a Ray cluster spanning the allocation. A requeued or re-submitted job runs the same
 entrypoint, which continues the sweep from its directory (``Tuner.restore``).
+
+Array mode (``--slurm-mode array``) runs :func:`run_array_trial` — the same trial function as
+the Ray path — in one SLURM array task per trial, and :func:`finalize_array_sweep` in a
+follow-up job once the array has ended; :func:`array_trial_table` reads the trials' states from
+their run directories.
 """
 
 from __future__ import annotations
