@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -589,6 +590,9 @@ def main(argv: list[str] | None = None) -> int:
     except SignlockError as error:
         print(f"signlock: error: {error}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `signlock presets | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -4,13 +4,15 @@ exit 2 before any work, and nothing already computed is changed (real subprocess
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
 
 import pytest
 
 from signlock.orchestrator.cli import preset_summary
 from signlock.search_spaces.presets import TRIAL_PRESETS
 from signlock.search_spaces.sweeps import SWEEP_PRESETS
-from tests.orchestrator.test_cli import run_cli
+from tests.orchestrator.test_cli import SIGNLOCK, run_cli
 
 TINY = ["--set", "steps=4", "--set", "log_every=2", "--set", "eval_every=null"]
 TINY += ["--set", "checkpoint_every=null", "--quiet"]
@@ -106,3 +108,11 @@ def test_plan_and_spec_drop_a_point_that_repeats_a_grid_point(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "sweep dup: 3 trials" in result.stdout
     assert "duplicates dropped: 1" in result.stdout
+
+
+def test_a_closed_pipe_ends_the_listing_without_a_traceback(tmp_path):
+    result = subprocess.run(
+        f"{shlex.join(SIGNLOCK)} presets | head -n 1", shell=True, cwd=tmp_path,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.stdout.startswith("trial presets") and "Traceback" not in result.stderr
