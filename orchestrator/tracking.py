@@ -13,11 +13,13 @@ are not logged twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -423,12 +425,33 @@ def _as_uri(location: str) -> str:
     return path.as_uri()
 
 
+SERVER_STOP_TIMEOUT_S = 30.0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_foreground(command: list[str]) -> int:
-    """Run until Ctrl-C; the server's own output goes to the terminal."""
+    """Run the server until Ctrl-C or SIGTERM, then stop it with everything it started (MLflow's
+    server runs uvicorn workers and job consumers in processes of its own: they all live in the
+    server's process group, which is stopped as a whole). Its output goes to the terminal."""
     print("signlock: " + " ".join(command), file=sys.stderr)
-    process = subprocess.Popen(command, env=os.environ.copy())
+    process = subprocess.Popen(command, env=os.environ.copy(), start_new_session=True)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return process.wait()
     except KeyboardInterrupt:
-        process.terminate()
-        return process.wait()
+        return _stop_group(process)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_group(process: subprocess.Popen) -> int:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=SERVER_STOP_TIMEOUT_S)
+    with contextlib.suppress(ProcessLookupError):  # workers that outlived their server
+        os.killpg(process.pid, signal.SIGKILL)
+    return process.wait()

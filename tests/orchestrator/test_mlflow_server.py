@@ -1,11 +1,19 @@
-"""``signlock server``/``ui`` command lines (the server itself is exercised in test_sweep)."""
+"""``signlock server``/``ui``: command lines, and stopping a real server stops all of it (its
+use by sweeps is exercised in test_sweep and test_postgres_server)."""
 
 from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
 from signlock.orchestrator.tracking import mlflow_server_command
 from signlock.trainables.errors import ConfigError
+from tests.orchestrator.conftest import SIGNLOCK
+from tests.orchestrator.test_sweep import free_port, wait_for_health
 
 
 def test_server_binds_loopback_by_default_and_proxies_artifacts(tmp_path):
@@ -46,3 +54,36 @@ def test_bad_server_options(tmp_path, kwargs, field):
     }
     with pytest.raises(ConfigError, match=field):
         mlflow_server_command(**options)
+
+
+def processes_mentioning(text: str) -> set[int]:
+    found = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text.encode() in cmdline.read_bytes():
+                found.add(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_stopping_the_server_stops_every_process_it_started(tmp_path, stop):
+    """MLflow's server runs uvicorn workers and job consumers in processes of its own; a
+    terminated `signlock server` must not leave them running (each holds ~250 MB)."""
+    store = tmp_path / "stop.db"
+    port = free_port()
+    server = subprocess.Popen(
+        [*SIGNLOCK, "server", "--port", str(port), "--backend-store-uri", f"sqlite:///{store}",
+         "--artifacts-destination", str(tmp_path / "artifacts")],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    wait_for_health(f"http://127.0.0.1:{port}", server)
+    started = processes_mentioning(str(store)) | processes_mentioning("huey")
+    assert len(started) >= 2
+    server.send_signal(stop)
+    server.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while processes_mentioning(str(store)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not processes_mentioning(str(store)), "MLflow processes outlived signlock server"
