@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from signlock.orchestrator.record import SWEEP_FILE, SweepRecord
+from signlock.orchestrator.trial_runner import read_summaries
 from signlock.search_spaces.axes import Axis
 from signlock.search_spaces.spec import SweepSpec
 from signlock.trainables.errors import InputNotFoundError
@@ -256,13 +257,6 @@ def block_metrics(directory: Path, trials: Sequence[str] | None = None) -> pd.Da
     return means.sort_values(["order", "step"]).drop(columns="order").reset_index(drop=True)
 
 
-def _varied_columns(record: SweepRecord, summaries: pd.DataFrame) -> list[str]:
-    spec = SweepSpec.from_dict(record.context.spec)
-    keys = [axis.key for axis in spec.axes] + [key for point in spec.points for key in point]
-    keys.append("seed")
-    return [key for key in dict.fromkeys(keys) if key in summaries and key != "name"]
-
-
 def _as_number(value: Any) -> Any:
     """Summaries store config fields as strings: numbers back to numbers, 'None' to NaN."""
     if value in (None, "None", "null", ""):
@@ -276,13 +270,11 @@ def _as_number(value: Any) -> Any:
 def finished_trials(directory: Path, record: SweepRecord) -> pd.DataFrame:
     """One row per finished trial from the ``summaries/`` dataset: name, ``config.<field>`` for
     every field the sweep varies, and the summary's numbers."""
-    path = directory / "summaries"
-    if not path.is_dir():
+    summaries = read_summaries(directory).reset_index()
+    if summaries.empty:
         return pd.DataFrame(columns=["name"])
-    summaries = pads.dataset(path, format="parquet", partitioning="hive").to_table().to_pandas()
-    summaries["trial"] = summaries["trial"].astype(str)
-    varied = _varied_columns(record, summaries)
-    config = {f"config.{key}": summaries[key].map(_as_number) for key in varied}
+    varied = SweepSpec.from_dict(record.context.spec).varied_keys()
+    config = {f"config.{k}": summaries[k].map(_as_number) for k in varied if k in summaries}
     numbers = summaries.select_dtypes("number")
     table = pd.concat([summaries[["trial"]].rename(columns={"trial": "name"}),
                        pd.DataFrame(config), numbers], axis=1)  # fmt: skip

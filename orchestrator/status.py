@@ -41,7 +41,8 @@ class SweepStatus:
 def sweep_status(sweep_dir: Path) -> SweepStatus:
     from signlock.orchestrator.ray_tune import trial_table
     from signlock.orchestrator.submit import array_trial_table, is_array
-    from signlock.orchestrator.sweep import read_summaries, trials_table
+    from signlock.orchestrator.sweep import trials_table
+    from signlock.orchestrator.trial_runner import read_summaries
 
     record = SweepRecord.read(sweep_dir)
     if is_array(record):

@@ -32,13 +32,13 @@ from signlock.orchestrator.sweep import (
     SweepOptions,
     finalize_sweep,
     prepare_sweep,
-    read_summaries,
     run_sweep,
     sweep_dir_for,
 )
 from signlock.orchestrator.trial_runner import (
     SweepContext,
     attempts_of,
+    read_summaries,
     resolve_trial_config,
     run_sweep_trial,
     start_over,

@@ -25,11 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow.dataset as pads
 
 from signlock.orchestrator import ray_tune, tracking
 from signlock.orchestrator.record import SWEEP_FILE, SweepRecord
-from signlock.orchestrator.trial_runner import FaultInjection, SweepContext
+from signlock.orchestrator.trial_runner import FaultInjection, SweepContext, read_summaries
 from signlock.search_spaces.spec import SweepSpec
 from signlock.trainables.errors import ConfigError
 from signlock.trainables.schema import FLIP_OBJECTIVE, RESULT_METRICS, validation_objective
@@ -289,17 +288,6 @@ def _mlflow_experiment(options: SweepOptions) -> tuple[Any, str]:
 
 
 # ---- results ------------------------------------------------------------------------------
-
-
-def read_summaries(sweep_dir: Path) -> pd.DataFrame:
-    """The sweep's ``summaries/`` dataset, one row per finished trial, indexed by trial name."""
-    directory = sweep_dir / "summaries"
-    if not directory.is_dir():
-        return pd.DataFrame(index=pd.Index([], name="trial"))
-    table = pads.dataset(directory, format="parquet", partitioning="hive").to_table()
-    frame = table.to_pandas()
-    frame["trial"] = frame["trial"].astype(str)
-    return frame.set_index("trial")
 
 
 def trials_table(states: pd.DataFrame, summaries: pd.DataFrame) -> pd.DataFrame:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.dataset as pads
 import torch
 
 from signlock.orchestrator.tracking import TrialRun, finite_metrics, flatten_params
@@ -118,12 +119,10 @@ def resolve_trial_config(context: SweepContext, config: dict[str, Any]) -> Trial
 def varied_fields(context: SweepContext, cfg: TrialConfig) -> dict[str, Any]:
     """``config.<key>`` for every field the sweep varies (axes, points, seed) in this trial."""
     spec = _spec(json.dumps(context.spec, sort_keys=True))
-    keys = [axis.key for axis in spec.axes] + [k for p in spec.points for k in p] + ["seed"]
     values = cfg.to_dict()
     return {
         f"config.{key}": functools.reduce(lambda node, part: node[part], key.split("."), values)
-        for key in dict.fromkeys(keys)
-        if key != "name"
+        for key in spec.varied_keys()
     }
 
 
@@ -171,6 +170,17 @@ def write_partition(sweep_dir: Path, dataset: str, trial: str, table: pd.DataFra
     tmp = directory / "part-0.parquet.tmp"
     table.to_parquet(tmp, index=False)
     tmp.replace(directory / "part-0.parquet")
+
+
+def read_summaries(sweep_dir: Path) -> pd.DataFrame:
+    """The sweep's ``summaries/`` dataset, one row per finished trial, indexed by trial name."""
+    directory = sweep_dir / "summaries"
+    if not directory.is_dir():
+        return pd.DataFrame(index=pd.Index([], name="trial"))
+    table = pads.dataset(directory, format="parquet", partitioning="hive").to_table()
+    frame = table.to_pandas()
+    frame["trial"] = frame["trial"].astype(str)
+    return frame.set_index("trial")
 
 
 def _inject(fault: FaultInjection, trial: Trial, run_dir: Path) -> None:

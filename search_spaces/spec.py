@@ -303,6 +303,12 @@ class SweepSpec:
                 kept.append(overrides)
         return tuple(kept)
 
+    def varied_keys(self) -> tuple[str, ...]:
+        """Every field the sweep varies between trials: its axes, its points' fields and the
+        seed (not the trials' names), in that order."""
+        keys = [axis.key for axis in self.axes] + [k for point in self.points for k in point]
+        return tuple(k for k in dict.fromkeys([*keys, "seed"]) if k != "name")
+
     def n_duplicates(self) -> int:
         """Override sets dropped because an earlier one gives the same trial config."""
         return len(self._override_sets()) - len(self._distinct_override_sets)

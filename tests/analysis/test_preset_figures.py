@@ -22,12 +22,11 @@ def planned_sweep(preset: str) -> Sweep:
     spec = SWEEP_PRESETS[preset]()
     context = SweepContext(preset, "/nowhere", spec.to_dict(), "sqlite:///x.db", "1", "run")
     record = SweepRecord(context, {"cpu": 1.0}, spec.n_trials(), None, 2, None)
-    keys = [a.key for a in spec.axes] + [k for p in spec.points for k in p] + ["seed"]
     rows = []
     for point in spec.grid_overrides():
         flat = spec.trial_config(point).to_dict()
         row = {"name": point["name"]}
-        for key in dict.fromkeys(keys):
+        for key in spec.varied_keys():
             value = flat
             for part in key.split("."):
                 value = value[part]
