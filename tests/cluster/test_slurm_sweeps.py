@@ -117,27 +117,37 @@ def test_a_cancelled_slurm_sweep_resumes_to_the_histograms_of_an_uninterrupted_o
     pd.testing.assert_frame_equal(histograms("cancelled"), histograms("reference"))
 
 
-def test_a_requeued_slurm_sweep_completes_on_its_own(
-    local_slurm, cli, write_spec, sweep_root, tracking_uri, tiny_spec
-):
-    spec = write_spec(long_tiny_spec(tiny_spec))
+def requeued_midway(
+    interrupt: list[str], name: str, partition: str, cli, spec: Path, sweep_root: Path, uri: str
+) -> tuple[str, Path, list]:
+    """Submit ``spec``, run ``interrupt + [job id]`` once a trial is midway, and check the job
+    requeued and completed the sweep by itself: (job id, sweep directory, child runs)."""
     submitted = cli(
-        "sweep", str(spec), "--name", "requeued", *slurm_flags(local_slurm),
-        "--storage", str(sweep_root), "--tracking-uri", tracking_uri,
+        "sweep", str(spec), "--name", name, *slurm_flags(partition),
+        "--storage", str(sweep_root), "--tracking-uri", uri,
     )  # fmt: skip
     assert submitted.returncode == 0, submitted.stderr[-3000:]
     job_id = submitted_job(submitted.stdout)
-    sweep_dir = sweep_root / "requeued"
+    sweep_dir = sweep_root / name
     wait_for(lambda: midway(sweep_dir), "a trial midway")
 
-    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    subprocess.run([*interrupt, job_id], check=True)
     state = wait_for_job_end(job_id, timeout=600)
     assert state.state == "COMPLETED" and state.restarts >= 1
     trials = pd.read_csv(sweep_dir / "trials.csv")
     assert len(trials) == 4 and (trials["status"] == "TERMINATED").all()
+    return job_id, sweep_dir, check_sweep_outputs(uri, sweep_root, name, 4)
+
+
+def test_a_requeued_slurm_sweep_completes_on_its_own(
+    local_slurm, cli, write_spec, sweep_root, tracking_uri, tiny_spec
+):
+    spec = write_spec(long_tiny_spec(tiny_spec))
+    _, sweep_dir, children = requeued_midway(
+        ["scontrol", "requeue"], "requeued", local_slurm, cli, spec, sweep_root, tracking_uri
+    )
     attempts = [len(p.read_text().splitlines()) for p in sweep_dir.glob("runs/*/attempts.jsonl")]
     assert max(attempts) >= 2  # the trial running at the requeue started again, in the new job
-    children = check_sweep_outputs(tracking_uri, sweep_root, "requeued", 4)
     assert {c.info.status for c in children} == {"FINISHED"}
     assert (
         MlflowClient(tracking_uri)
@@ -199,20 +209,8 @@ def test_usr2_before_the_time_limit_requeues_the_job_through_submitit(
     """SLURM sends USR2 ahead of the time limit (``--signal=USR2@90``); submitit then calls the
     job's ``checkpoint`` and requeues it; the requeued job continues the sweep."""
     spec = write_spec(long_tiny_spec(tiny_spec))
-    submitted = cli(
-        "sweep", str(spec), "--name", "usr2", *slurm_flags(local_slurm),
-        "--storage", str(sweep_root), "--tracking-uri", tracking_uri,
-    )  # fmt: skip
-    assert submitted.returncode == 0, submitted.stderr[-3000:]
-    job_id = submitted_job(submitted.stdout)
-    sweep_dir = sweep_root / "usr2"
-    wait_for(lambda: midway(sweep_dir), "a trial midway")
-
-    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
-    state = wait_for_job_end(job_id, timeout=600)
-    assert state.state == "COMPLETED" and state.restarts >= 1
-    trials = pd.read_csv(sweep_dir / "trials.csv")
-    assert len(trials) == 4 and (trials["status"] == "TERMINATED").all()
-    check_sweep_outputs(tracking_uri, sweep_root, "usr2", 4)
+    job_id, sweep_dir, _ = requeued_midway(
+        ["scancel", "--signal=USR2"], "usr2", local_slurm, cli, spec, sweep_root, tracking_uri
+    )
     log = "".join(path.read_text() for path in slurm.log_files(sweep_dir, job_id))
     assert "Caught signal SIGUSR2" in log and "this job is preempted" in log  # submitit's path

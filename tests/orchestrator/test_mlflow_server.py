@@ -4,7 +4,6 @@ use by sweeps is exercised in test_sweep and test_postgres_server)."""
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 from signlock.orchestrator.tracking import mlflow_server_command
 from signlock.trainables.errors import ConfigError
 from tests.orchestrator.conftest import SIGNLOCK
-from tests.orchestrator.test_sweep import free_port, wait_for_health
+from tests.orchestrator.test_sweep import start_server
 
 
 def test_server_binds_loopback_by_default_and_proxies_artifacts(tmp_path):
@@ -72,13 +71,7 @@ def test_stopping_the_server_stops_every_process_it_started(tmp_path, stop):
     """MLflow's server runs uvicorn workers and job consumers in processes of its own; a
     terminated `signlock server` must not leave them running (each holds ~250 MB)."""
     store = tmp_path / "stop.db"
-    port = free_port()
-    server = subprocess.Popen(
-        [*SIGNLOCK, "server", "--port", str(port), "--backend-store-uri", f"sqlite:///{store}",
-         "--artifacts-destination", str(tmp_path / "artifacts")],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    wait_for_health(f"http://127.0.0.1:{port}", server)
+    server, _ = start_server(SIGNLOCK, tmp_path, f"sqlite:///{store}", tmp_path / "artifacts")
     started = processes_mentioning(str(store)) | processes_mentioning("huey")
     assert len(started) >= 2
     server.send_signal(stop)

@@ -15,12 +15,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from tests.orchestrator.test_sweep import (
-    check_sweep_outputs,
-    free_port,
-    sweep_args,
-    wait_for_health,
-)
+from tests.orchestrator.test_sweep import check_sweep_outputs, free_port, start_server, sweep_args
 
 
 def postgres_bin() -> Path:
@@ -65,15 +60,8 @@ def postgres_url() -> Iterator[str]:
 def test_a_sweep_logs_through_an_mlflow_server_into_postgresql(
     tmp_path, cli, write_spec, sweep_root, tiny_spec, signlock_command, postgres_url
 ):
-    port = free_port()
-    server = subprocess.Popen(
-        [*signlock_command, "server", "--port", str(port), "--backend-store-uri", postgres_url,
-         "--artifacts-destination", str(tmp_path / "artifacts")],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    uri = f"http://127.0.0.1:{port}"
+    server, uri = start_server(signlock_command, tmp_path, postgres_url, tmp_path / "artifacts")
     try:
-        wait_for_health(uri, server)
         spec = write_spec(tiny_spec())
         result = cli(*sweep_args(spec, "pg", sweep_root, uri, "--max-concurrent", "2"))
         assert result.returncode == 0, result.stderr[-3000:]

@@ -118,19 +118,29 @@ def wait_for_health(url: str, process: subprocess.Popen, timeout: float = 120) -
     raise TimeoutError(f"MLflow server at {url} did not come up")
 
 
+def start_server(
+    signlock_command: list[str], cwd: Path, backend_store_uri: str, artifacts: Path
+) -> tuple[subprocess.Popen, str]:
+    """A real `signlock server` on a free port, healthy: (its process, its URL)."""
+    port = free_port()
+    server = subprocess.Popen(
+        [*signlock_command, "server", "--port", str(port), "--backend-store-uri",
+         backend_store_uri, "--artifacts-destination", str(artifacts)],
+        cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    wait_for_health(uri, server)
+    return server, uri
+
+
 def test_sweep_logs_to_a_real_mlflow_server_over_http(
     tmp_path, cli, write_spec, sweep_root, tiny_spec, signlock_command
 ):
-    port = free_port()
-    server = subprocess.Popen(
-        [*signlock_command, "server", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts")],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    server, uri = start_server(
+        signlock_command, tmp_path, f"sqlite:///{tmp_path / 'server.db'}",
+        tmp_path / "server-artifacts",
     )  # fmt: skip
-    uri = f"http://127.0.0.1:{port}"
     try:
-        wait_for_health(uri, server)
         result = cli(*sweep_args(write_spec(tiny_spec()), "http", sweep_root, uri))
         assert result.returncode == 0, result.stderr[-3000:]
         children = check_sweep_outputs(uri, sweep_root, "http", 4)
