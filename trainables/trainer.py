@@ -177,7 +177,7 @@ class Trial:
         bar = self._progress_bar()
         try:
             while self.step < self.cfg.steps:
-                self._train_step()
+                self.train_step()
                 bar.update(1)
                 if self._should_log():
                     row = self._log_row()
@@ -198,7 +198,8 @@ class Trial:
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
         return summary
 
-    def _train_step(self) -> None:
+    def train_step(self) -> None:
+        """One optimizer step (with projection and tracker observation); ``run`` calls it."""
         started = time.perf_counter()
         x, y = self.task.train_batch(self.data_generator)
         with self.autocast():

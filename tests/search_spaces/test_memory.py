@@ -41,11 +41,11 @@ def measured_peak(cfg: TrialConfig, tmp_path) -> int:
     state, activations, the tracker's observe) by torch's MemTracker, plus the tracker's resident
     buffers (built before tracking started)."""
     trial = Trial(cfg, tmp_path / "run", progress=False)
-    trial._train_step()  # the optimizer state exists from here on, as in every later step
+    trial.train_step()  # the optimizer state exists from here on, as in every later step
     memory = MemTracker()
     memory.track_external(trial.model, trial.optimizer)
     with memory:
-        trial._train_step()
+        trial.train_step()
     peak = next(iter(memory.get_tracker_snapshot("peak").values()))["Total"]
     weights = {p.untyped_storage().data_ptr() for p in trial.model.parameters()}
     buffers = {

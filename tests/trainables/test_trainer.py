@@ -224,3 +224,34 @@ def test_scale_debug_trains_in_bf16_with_sampled_tracking(tmp_path, seeded_cache
     expected = sum(min(2048, p.numel()) for n, p in trial.model.named_parameters() if n in tensors)
     assert summary["n_tracked"] == expected
     assert math.isfinite(summary["val_loss"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (runs on a GPU machine)")
+def test_scale_debug_trains_and_resumes_on_cuda(tmp_path, seeded_cache):
+    """The C.5 CUDA paths in one trial: bf16 weights with fp32 LayerNorms under bf16 autocast,
+    gradient checkpointing, AdamW8bit where bitsandbytes imports, the tracker on the GPU, a
+    checkpoint written and resumed (tensors saved from the GPU, loaded weights_only)."""
+    cfg = trial_preset("scale-debug").with_overrides(
+        {"device": "cuda", "steps": 20, "log_every": 5, "checkpoint_every": 10, "eval_every": 10}
+    )
+    with pytest.raises(Crash):
+        run_trial(cfg, tmp_path / "run", progress=False, reporter=crash_after_checkpoint(10))
+    resumed_from: list[int] = []
+    trial = Trial(cfg, tmp_path / "run", progress=False)
+    assert trial.model.blocks[0].ln1.weight.dtype == torch.float32
+    assert trial.tracker._groups[0].device.type == "cuda"
+    summary = trial.run(on_resume=resumed_from.append)
+    assert resumed_from == [10]
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        assert summary["optimizer"] == "AdamW"
+    else:
+        assert summary["optimizer"] == "AdamW8bit"
+    assert summary["device"].startswith("cuda")
+    assert math.isfinite(summary["val_loss"]) and math.isfinite(summary["final_train_loss"])
+    flips = pd.read_parquet(tmp_path / "run" / "flips.parquet")
+    pooled = flips[flips.tensor == "__pooled__"]["count"].sum()
+    assert pooled == summary["n_tracked"]
+    metrics = pd.read_parquet(tmp_path / "run" / "metrics.parquet")
+    assert metrics.step.tolist() == [5, 10, 15, 20]
