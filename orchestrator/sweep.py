@@ -161,7 +161,7 @@ def _resources(spec: SweepSpec, options: SweepOptions) -> dict[str, float]:
     gpus = options.gpus_per_trial if options.gpus_per_trial is not None else spec.gpus_per_trial
     resources = {"cpu": cpus, "gpu": gpus}
     if not gpus:
-        resources["memory"] = float(max(e.peak for e in plan_sweep(spec).memory.values()))
+        resources["memory"] = float(max(e.cpu_peak for e in plan_sweep(spec).memory.values()))
     return resources
 
 

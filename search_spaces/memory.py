@@ -10,14 +10,23 @@ Counted on the ``meta`` device from the trial config, per component:
 - activations saved for backward at the trial's micro-batch and sequence length, from the
   tensors this repository's GPT saves (see :func:`gpt_activation_bytes_per_token`), with and
   without per-block gradient checkpointing, plus the loss's backward buffers;
-- the sign tracker: tracked scalars (every matrix-shaped parameter, or ``sample_per_tensor`` per
-  tensor) × the bytes it keeps per scalar, measured on a small tensor with torch's allocation
-  tracker (its resident buffers and the temporaries of one ``observe``).
+- the sign tracker, over its tracked scalars (every matrix-shaped parameter, or
+  ``sample_per_tensor`` per tensor), in the layout of the device it runs on. On a GPU (fused
+  dense pass, torch sparse step): its per-scalar buffers (``_sign_kernel.PER_SCALAR_BUFFERS``),
+  the sampled indices, one byte per scalar of flagged mask words at worst, and the sparse
+  step's temporaries per candidate, measured with torch's allocation tracker on the torch
+  backend and bounded by the chunk of candidates processed at once. On a CPU (eager passes,
+  numpy sparse step): the bytes per scalar measured on a small tensor with torch's allocation
+  tracker (resident buffers and the temporaries of one ``observe``);
+- on a GPU, ``CUDA_WORKSPACE_BYTES`` of cuBLAS/cuBLASLt workspaces the caching allocator holds.
 
 The peak is the sum of weights, gradients, the optimizer state the trial will use, its
-activations (checkpointed if it checkpoints) and the tracker. Evaluation runs without gradients
-at ``eval_batch_size`` and is not the peak. A trial fits a GPU when the peak is at most
-``USABLE_FRACTION`` of the GPU's memory (the rest: CUDA context, allocator fragmentation).
+activations (checkpointed if it checkpoints), the tracker and, on a GPU, the workspaces.
+Evaluation runs without gradients at ``eval_batch_size`` and is not the peak. ``peak`` is the GPU
+figure (what ``--gpu-memory`` checks); ``cpu_peak`` the same trial on a CPU. A trial fits a GPU
+when the peak is at most ``USABLE_FRACTION`` of the GPU's memory (the rest: CUDA context,
+allocator fragmentation). Measured against ``torch.cuda.max_memory_allocated`` on an H200 (see
+BENCHMARKS.md, bench/scale_gpu.py).
 """
 
 from __future__ import annotations
@@ -37,6 +46,9 @@ USABLE_FRACTION = 0.9
 FP32 = 4
 LN_STATS_BYTES = 2 * FP32  # mean and rstd per token and LayerNorm
 ADAM8_BYTES_PER_PARAM = 2 + 2 * FP32 / 256  # two uint8 states + their fp32 absmax per 256 values
+# Measured 59–64 MiB above every other component at each scale-family size (H200, torch 2.11).
+CUDA_WORKSPACE_BYTES = 64 * 2**20
+INDEX_BYTES = 8  # int64 index of each sampled coordinate
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(G|GB|GIB|M|MB|MIB|T|TB|TIB)?\s*$", re.IGNORECASE)
 _UNIT = {"G": 2**30, "M": 2**20, "T": 2**40}
 
@@ -62,7 +74,8 @@ class MemoryEstimate:
     activations: int
     activations_checkpointed: int
     tracked_scalars: int
-    tracker: int
+    tracker: int  # on a GPU
+    tracker_on_cpu: int
     eight_bit: bool
     checkpointing: bool
 
@@ -75,8 +88,18 @@ class MemoryEstimate:
         return self.activations_checkpointed if self.checkpointing else self.activations
 
     @property
+    def training(self) -> int:
+        """Weights, gradients, optimizer state and activations (both devices)."""
+        return self.weights + self.gradients + self.optimizer + self.activations_used
+
+    @property
     def peak(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.activations_used + self.tracker
+        """On a GPU."""
+        return self.training + self.tracker + CUDA_WORKSPACE_BYTES
+
+    @property
+    def cpu_peak(self) -> int:
+        return self.training + self.tracker_on_cpu
 
     def fits(self, gpu_bytes: int) -> bool:
         return self.peak <= USABLE_FRACTION * gpu_bytes
@@ -160,21 +183,71 @@ def tracker_bytes_per_scalar(sampled: bool) -> float:
     return (peak - weights.nbytes) / tracker.n_tracked
 
 
+@functools.lru_cache(maxsize=1)
+def sparse_bytes_per_candidate() -> float:
+    """Temporaries of the torch sparse step per flagged scalar, measured with torch's allocation
+    tracker on the observation that flags every scalar (all start beyond ρ), less the tracker's
+    resident buffers and the flagged mask words."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    from signlock.trainables._sign_kernel import resident_bytes_per_scalar
+    from signlock.trainables.tracker import SignTracker
+
+    n = 1 << 16
+    weights = torch.nn.Parameter(0.02 + torch.rand(n) * 0.02)
+    tracker_memory = MemTracker()
+    tracker_memory.track_external(weights)
+    with tracker_memory:
+        SignTracker([("w", weights)], backend="torch", fused=False)
+    peak = next(iter(tracker_memory.get_tracker_snapshot("peak").values()))["Total"]
+    resident = resident_bytes_per_scalar(torch.float32, fused=False) * n
+    return (peak - weights.nbytes - resident - n) / n  # n: the int64 mask words, 1 B per scalar
+
+
+def gpu_tracker_bytes(
+    targets: list[tuple[str, torch.Tensor]], sample: int | None, *, fused: bool = True
+) -> int:
+    """The tracker's peak bytes on a GPU (torch sparse step; the compiled dense pass allocates
+    nothing, the eager one keeps its two output buffers)."""
+    from signlock.trainables._sign_kernel import CANDIDATE_CHUNK_WORDS, resident_bytes_per_scalar
+
+    counts = [
+        (p.numel() if sample is None else min(sample, p.numel()), p.dtype) for _, p in targets
+    ]
+    n = sum(count for count, _ in counts)
+    resident = sum(
+        count * (resident_bytes_per_scalar(dtype, fused=fused) + (sample is not None) * INDEX_BYTES)
+        for count, dtype in counts
+    )
+    per_dtype: dict[torch.dtype, int] = {}  # one group per dtype, observed one after another
+    for count, dtype in counts:
+        per_dtype[dtype] = per_dtype.get(dtype, 0) + count
+    chunk = min(max(per_dtype.values()), 8 * CANDIDATE_CHUNK_WORDS)
+    return int(resident + n + chunk * sparse_bytes_per_candidate())
+
+
 def _meta_model(cfg: TrialConfig, vocab: int | None) -> torch.nn.Module:
     from signlock.trainables.models import build_model
 
     return build_model(cfg.model, vocab_size=vocab, device="meta")
 
 
-def tracked_scalars(cfg: TrialConfig, model: torch.nn.Module) -> int:
-    """How many scalars the trial's sign tracker follows (0 when it is off)."""
+def tracked_tensors(cfg: TrialConfig, model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """The tensors the trial's sign tracker follows (none when it is off)."""
     from signlock.trainables.interventions import resolve_targets
 
     if not cfg.tracker.enabled:
-        return 0
-    targets = resolve_targets(model, cfg.tracker.targets, "tracker.targets")
+        return []
+    return resolve_targets(model, cfg.tracker.targets, "tracker.targets")
+
+
+def tracked_scalars(cfg: TrialConfig, model: torch.nn.Module) -> int:
+    """How many scalars the trial's sign tracker follows (0 when it is off)."""
     sample = cfg.tracker.sample_per_tensor
-    return sum(p.numel() if sample is None else min(sample, p.numel()) for _, p in targets)
+    return sum(
+        p.numel() if sample is None else min(sample, p.numel())
+        for _, p in tracked_tensors(cfg, model)
+    )
 
 
 def estimate_memory(cfg: TrialConfig, vocab: int | None) -> MemoryEstimate:
@@ -190,7 +263,9 @@ def estimate_memory(cfg: TrialConfig, vocab: int | None) -> MemoryEstimate:
         full, ckpt = gpt_activation_bytes_per_token(cfg.model, vocab or 1)
         activations, checkpointed = full * sequences * length, ckpt * sequences * length
     n_tracked = tracked_scalars(cfg, model)
-    per_scalar = tracker_bytes_per_scalar(cfg.tracker.sample_per_tensor is not None)
+    sample = cfg.tracker.sample_per_tensor
+    per_scalar_on_cpu = tracker_bytes_per_scalar(sample is not None)
+    on_gpu = gpu_tracker_bytes(tracked_tensors(cfg, model), sample) if n_tracked else 0
     return MemoryEstimate(
         params=params,
         weights=weights,
@@ -200,7 +275,8 @@ def estimate_memory(cfg: TrialConfig, vocab: int | None) -> MemoryEstimate:
         activations=activations,
         activations_checkpointed=checkpointed,
         tracked_scalars=n_tracked,
-        tracker=int(n_tracked * per_scalar),
+        tracker=on_gpu,
+        tracker_on_cpu=int(n_tracked * per_scalar_on_cpu),
         eight_bit=cfg.optim.eight_bit,
         checkpointing=cfg.model.gradient_checkpointing,
     )
@@ -240,7 +316,9 @@ def format_estimate(label: str, estimate: MemoryEstimate) -> list[str]:
         f"      activations: {format_bytes(estimate.activations)} without, "
         f"{format_bytes(estimate.activations_checkpointed)} with gradient checkpointing",
         f"      sign tracker: {estimate.tracked_scalars:,} scalars, "
-        f"{format_bytes(estimate.tracker)}",
+        f"{format_bytes(estimate.tracker)} on a GPU ({format_bytes(estimate.tracker_on_cpu)} "
+        "on a CPU)",
+        f"      CUDA workspaces: {format_bytes(CUDA_WORKSPACE_BYTES)}",
         "      fits GPUs of: "
         + (", ".join(f"{gb} GB" for gb in fits) if fits else "none of ")
         + ("" if fits else ", ".join(f"{gb} GB" for gb in COMMON_GPUS_GB)),

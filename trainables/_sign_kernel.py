@@ -10,11 +10,20 @@ Per scalar the state machine stores ``code = phase + 3·[sign(w_{σ_{k−1}}) < 
 ``code % 3`` is its :class:`Phase`, ``code // 3`` the outer sign K compares against. At most one
 transition per scalar and step is possible, so one event test per step, |w|·direction ≤ bound,
 finds every transition. A few dense passes flag a superset of the events and zero crossings; the
-exact logic then runs only on that (usually tiny) set (:func:`process_candidates`).
+exact logic then runs only on that (usually tiny) set (:func:`process_candidates`), at most
+``CANDIDATE_CHUNK_WORDS`` mask words at a time so its temporaries stay bounded even when nearly
+every scalar is flagged (the σ0 hits of the first observation).
+
+The dense passes come in two forms computing the same flags: a few eager torch ops with
+preallocated outputs (``work``, ``bits``), and :func:`dense_flags` compiled by ``torch.compile``
+into one kernel that reads each per-scalar input once and writes only the mask (the default on
+CUDA, where the eager form is bound by memory traffic: about 76 bytes moved per scalar and step
+against about 23).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Literal
@@ -44,6 +53,67 @@ def encode(phase: Phase, outer_negative: int) -> int:
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+CANDIDATE_CHUNK_WORDS = 1 << 20  # mask words (8 scalars each) per process_candidates call
+
+# Per-scalar buffers of a Group: name -> dtype ("compute": the group's compute dtype, "bits":
+# the signed integer of that width). ``EAGER_ONLY`` are the eager dense passes' outputs.
+PER_SCALAR_BUFFERS: dict[str, torch.dtype | str] = {
+    "cur": "compute",
+    "prev": "compute",
+    "work": "compute",
+    "bits": "bits",
+    "direction": "compute",
+    "neg_bound": "compute",
+    "init_neg": torch.bool,
+    "code": torch.int32,
+    "k": torch.int32,
+    "tau1": torch.int32,
+    "crossings": torch.int32,
+    "band_skips": torch.int32,
+}
+EAGER_ONLY = ("work", "bits")
+MASK_BYTES_PER_SCALAR = 1  # int8, padded to whole int64 words
+
+
+def resident_bytes_per_scalar(dtype: torch.dtype, fused: bool) -> int:
+    """Bytes a Group keeps per tracked scalar of a tensor of ``dtype`` (the planner's figure)."""
+    compute = compute_dtype(dtype)
+    bits = torch.int64 if compute == torch.float64 else torch.int32
+    sizes = {"compute": compute.itemsize, "bits": bits.itemsize}
+    return MASK_BYTES_PER_SCALAR + sum(
+        sizes[kind] if isinstance(kind, str) else kind.itemsize
+        for name, kind in PER_SCALAR_BUFFERS.items()
+        if not (fused and name in EAGER_ONLY)
+    )
+
+
+def negative(x: torch.Tensor) -> torch.Tensor:
+    """[x < 0] by the sign bit, with −0.0 counted as positive (sign(0) = +1) and NaN by its bit."""
+    return torch.signbit(x) & (x != 0)
+
+
+def dense_flags(
+    cur: torch.Tensor,
+    prev: torch.Tensor,
+    direction: torch.Tensor,
+    neg_bound: torch.Tensor,
+    mask: torch.Tensor,
+    with_crossings: bool,
+) -> None:
+    """mask = event test | crossing test, as the eager passes compute them (see
+    :meth:`Group._observe_candidates`); direction·|w| is exact (direction = ±1)."""
+    flag = torch.signbit(neg_bound + direction * cur.abs())
+    if with_crossings:
+        flag = flag | (negative(cur) != negative(prev))
+    mask.copy_(flag)
+
+
+@functools.cache
+def compiled_dense_flags() -> Any:
+    """:func:`dense_flags` as one kernel (compiled on first use, for any length)."""
+    return torch.compile(dense_flags, dynamic=True, fullgraph=True)
 
 
 @dataclass(frozen=True)
@@ -139,7 +209,12 @@ class Group:
     """
 
     def __init__(
-        self, segments: list[Segment], rho: float, eps: float, backend: SparseBackend = "auto"
+        self,
+        segments: list[Segment],
+        rho: float,
+        eps: float,
+        backend: SparseBackend = "auto",
+        fused: bool = False,
     ) -> None:
         self.segments = segments
         self.device = segments[0].tensor.device
@@ -147,26 +222,22 @@ class Group:
         self.bits_dtype, self.sign_shift = (
             (torch.int64, 63) if self.dtype == torch.float64 else (torch.int32, 31)
         )
+        self.fused = fused
         self.th = Thresholds.build(rho, eps, self.dtype)
         self.n = n = sum(s.size for s in segments)
         dev = self.device
-        floats = {"dtype": self.dtype, "device": dev}
-        # Signed values of the latest two observations (−0.0 normalised to +0.0), swapped per step.
-        self.cur = torch.zeros(n, **floats)
-        self.prev = torch.zeros(n, **floats)
-        self.work = torch.empty(n, **floats)
-        self.bits = torch.empty(n, dtype=self.bits_dtype, device=dev)
+        kinds = {"compute": self.dtype, "bits": self.bits_dtype}
+        for name, kind in PER_SCALAR_BUFFERS.items():
+            if fused and name in EAGER_ONLY:
+                continue
+            dtype = kinds[kind] if isinstance(kind, str) else kind
+            setattr(self, name, torch.zeros(n, dtype=dtype, device=dev))
+        # cur/prev: the latest two observations, swapped per step; code 0 is
+        # encode(Phase.AWAIT_SIGMA0, 0); tau1 −1 until the first band hit.
+        self.tau1.fill_(-1)
         self.mask = torch.zeros(-(-n // 8) * 8, dtype=torch.int8, device=dev)
         self.mask_head = self.mask[:n]
         self.mask_words = self.mask.view(torch.int64)
-        self.direction = torch.empty(n, **floats)
-        self.neg_bound = torch.empty(n, **floats)
-        self.init_neg = torch.zeros(n, dtype=torch.bool, device=dev)
-        self.code = torch.zeros(n, dtype=torch.int32, device=dev)  # encode(Phase.AWAIT_SIGMA0, 0)
-        self.k = torch.zeros(n, dtype=torch.int32, device=dev)
-        self.tau1 = torch.full((n,), -1, dtype=torch.int32, device=dev)
-        self.crossings = torch.zeros(n, dtype=torch.int32, device=dev)
-        self.band_skips = torch.zeros(n, dtype=torch.int32, device=dev)
         if backend == "auto":
             backend = "numpy" if dev.type == "cpu" else "torch"
         self.sparse = SparseArrays.of(self, backend)
@@ -197,7 +268,8 @@ class Group:
 
     def _load(self) -> None:
         torch.cat([s.flat_values() for s in self.segments], out=self.cur)
-        self.cur.add_(0.0)  # −0.0 + 0.0 = +0.0: afterwards the sign bit is exactly [w < 0]
+        if not self.fused:  # the fused pass tests signs with −0.0 as positive itself
+            self.cur.add_(0.0)  # −0.0 + 0.0 = +0.0: afterwards the sign bit is exactly [w < 0]
 
     def _observe_candidates(self, t: int, *, with_crossings: bool) -> int:
         """Flag a superset of this step's events and zero crossings, then process them exactly.
@@ -206,6 +278,20 @@ class Group:
         bit of cur XOR prev its crossing test. Their OR goes into one int8 per scalar, scanned
         eight scalars at a time through an int64 view.
         """
+        if self.fused:
+            compiled_dense_flags()(
+                self.cur, self.prev, self.direction, self.neg_bound, self.mask_head, with_crossings
+            )
+        else:
+            self._eager_dense_flags(with_crossings)
+        words = torch.nonzero(self.mask_words)
+        crossings = 0
+        for start in range(0, len(words), CANDIDATE_CHUNK_WORDS):
+            chunk = self.sparse.wrap(words[start : start + CANDIDATE_CHUNK_WORDS])
+            crossings += process_candidates(self.sparse, chunk, t, with_crossings)
+        return crossings
+
+    def _eager_dense_flags(self, with_crossings: bool) -> None:
         torch.abs(self.cur, out=self.work)
         torch.addcmul(self.neg_bound, self.work, self.direction, out=self.work)
         work_bits = self.work.view(self.bits_dtype)
@@ -217,10 +303,6 @@ class Group:
         else:
             torch.bitwise_right_shift(work_bits, self.sign_shift, out=self.bits)
         self.mask_head.copy_(self.bits)
-        words = torch.nonzero(self.mask_words)
-        if words.numel() == 0:
-            return 0
-        return process_candidates(self.sparse, self.sparse.wrap(words), t, with_crossings)
 
     def segment_counts(self) -> list[list[int]]:
         """Per segment: flips vs init, τ1 hits, #{K>0}, ΣK, zero crossings, band-skipping ones."""
@@ -247,7 +329,6 @@ class Group:
 _SPARSE_FIELDS = [
     "cur",
     "prev",
-    "work",
     "mask",
     "code",
     "k",
@@ -266,7 +347,6 @@ class SparseArrays:
     xp: Any
     cur: Any
     prev: Any
-    work: Any
     mask: Any
     code: Any
     k: Any
@@ -328,7 +408,7 @@ def process_candidates(a: SparseArrays, words: Any, t: int, with_crossings: bool
         if n_cross:
             a.crossings[cand] += crossed
             a.band_skips[cand] += crossed & (abs(prev) > a.eps) & (abs(values) > a.eps)
-    is_event = a.work[cand] < 0
+    is_event = a.neg_bound[cand] + a.direction[cand] * abs(values) < 0  # the dense event test
     idx = cand[is_event]
     if len(idx):
         key = a.code[idx] * 2 + neg[is_event]

@@ -141,6 +141,10 @@ class SignTracker:
     ``backend`` runs the per-step bookkeeping of the few flagged scalars on numpy views
     (CPU tensors only) or in torch; ``"auto"`` picks numpy on CPU and torch elsewhere. Results
     are identical either way; it is not part of the checkpoint.
+
+    ``fused`` runs the dense per-step passes as one compiled kernel (``torch.compile``) instead
+    of eager torch ops; ``None`` fuses the groups on CUDA, where the eager passes are bound by
+    memory traffic. Results are identical either way; it is not part of the checkpoint.
     """
 
     def __init__(
@@ -152,11 +156,15 @@ class SignTracker:
         sample_per_tensor: int | None = None,
         sample_seed: int = 0,
         backend: SparseBackend = "auto",
+        fused: bool | None = None,
     ) -> None:
         named = list(named_params)
         _validate_config(rho, eps, sample_per_tensor)
         _validate_params(named)
         _validate_backend(backend, named)
+        if fused not in (None, True, False):
+            raise ConfigError("tracker.fused", fused, "true, false or null (fused on CUDA)")
+        self.fused = fused
         self.rho = float(rho)
         self.eps = float(eps)
         self.sample_per_tensor = sample_per_tensor
@@ -193,8 +201,14 @@ class SignTracker:
             segment = Segment(name, tensor, g, len(members), start, size, index)
             members.append(segment)
             segments.append(segment)
-        groups = [Group(members, self.rho, self.eps, self.backend) for members in members_of]
+        groups = [
+            Group(members, self.rho, self.eps, self.backend, self._fuses(members[0].tensor))
+            for members in members_of
+        ]
         return segments, groups
+
+    def _fuses(self, tensor: torch.Tensor) -> bool:
+        return tensor.device.type == "cuda" if self.fused is None else self.fused
 
     @torch.no_grad()
     def observe(self) -> None:

@@ -61,7 +61,7 @@ def measured_peak(cfg: TrialConfig, tmp_path) -> int:
 @pytest.mark.parametrize("preset", ["charlm", "synthetic-lm", "scale-31m"])
 def test_predicted_peak_within_15_percent_of_torchs_allocations(preset, tmp_path):
     cfg = cpu_config(preset)
-    predicted = estimate_memory(cfg, cfg.data.synthetic_vocab).peak
+    predicted = estimate_memory(cfg, cfg.data.synthetic_vocab).cpu_peak
     measured = measured_peak(cfg, tmp_path)
     assert abs(predicted - measured) <= 0.15 * measured, (predicted, measured)
 
@@ -85,6 +85,7 @@ def test_scale_1_2b_components_are_pinned():
             activations_checkpointed=11_864_448,  # 64 · (24·2·2048 + 73,872 + 13,206)
             tracked_scalars=301_056,
             tracker=estimate.tracker,
+            tracker_on_cpu=estimate.tracker_on_cpu,
             eight_bit=True,
             checkpointing=True,
         )
@@ -112,3 +113,32 @@ def test_gpu_memory_sizes(text, gib):
 def test_a_bad_gpu_memory_size_names_the_flag():
     with pytest.raises(ConfigError, match="--gpu-memory"):
         parse_memory_size("lots")
+
+
+@pytest.mark.parametrize("sample", [None, 300])
+def test_gpu_tracker_bytes_match_torchs_allocations_of_the_torch_layout(sample):
+    """The GPU's torch sparse step run on CPU, where torch's allocation tracker sees every
+    buffer: construction flags every scalar (all start beyond ρ), then one observation. Same ops
+    and dtypes as on CUDA. The dense pass is the eager one here (torch.compile does not run
+    under the allocation tracker); the fused one's figure is checked on a GPU by
+    bench/scale_gpu.py."""
+    from signlock.search_spaces.memory import gpu_tracker_bytes
+    from signlock.trainables.tracker import SignTracker
+
+    targets = [
+        ("a", torch.nn.Parameter(0.02 + torch.rand(300, 200, dtype=torch.bfloat16))),
+        ("b", torch.nn.Parameter(0.02 + torch.rand(50_000))),
+        ("c", torch.nn.Parameter(-0.02 - torch.rand(64, 64, dtype=torch.bfloat16))),
+    ]
+    memory = MemTracker()
+    memory.track_external(*(p for _, p in targets))
+    with memory:
+        tracker = SignTracker(targets, sample_per_tensor=sample, backend="torch", fused=False)
+        with torch.no_grad():
+            for _, p in targets:
+                p.mul_(-1)
+        tracker.observe()
+    weights = sum(p.nbytes for _, p in targets)
+    measured = next(iter(memory.get_tracker_snapshot("peak").values()))["Total"] - weights
+    predicted = gpu_tracker_bytes(targets, sample, fused=False)
+    assert abs(predicted - measured) <= 0.1 * measured, (predicted, measured)

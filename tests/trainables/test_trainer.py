@@ -239,7 +239,7 @@ def test_scale_debug_trains_and_resumes_on_cuda(tmp_path, seeded_cache):
     resumed_from: list[int] = []
     trial = Trial(cfg, tmp_path / "run", progress=False)
     assert trial.model.blocks[0].ln1.weight.dtype == torch.float32
-    assert trial.tracker._groups[0].device.type == "cuda"
+    assert trial.tracker._groups[0].device.type == "cuda" and trial.tracker._groups[0].fused
     summary = trial.run(on_resume=resumed_from.append)
     assert resumed_from == [10]
     try:
