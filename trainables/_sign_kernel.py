@@ -244,19 +244,21 @@ class Group:
         self.reset_event_test()
 
     def reset_event_test(self) -> None:
-        """direction/neg_bound from the phase: AWAIT_TAU waits for |w| ≤ ε, the others |w| ≥ ρ."""
-        outside = (self.code % N_PHASES == int(Phase.AWAIT_TAU)).long()
-        choices = torch.tensor(
-            [[-1.0, self.th.nb_inner], [1.0, self.th.nb_outside]],
-            dtype=self.dtype,
-            device=self.device,
-        )
-        self.direction.copy_(choices[outside, 0])
-        self.neg_bound.copy_(choices[outside, 1])
+        """direction/neg_bound from the phase: AWAIT_TAU waits for |w| ≤ ε, the others |w| ≥ ρ.
+        Chunk by chunk, so the temporaries stay bounded on the largest models."""
+        value = functools.partial(torch.tensor, dtype=self.dtype, device=self.device)
+        outward, inward = value(1.0), value(-1.0)
+        nb_outside, nb_inner = value(self.th.nb_outside), value(self.th.nb_inner)
+        chunk = 8 * CANDIDATE_CHUNK_WORDS
+        for start in range(0, self.n, chunk):
+            part = slice(start, start + chunk)
+            outside = self.code[part] % N_PHASES == int(Phase.AWAIT_TAU)
+            torch.where(outside, outward, inward, out=self.direction[part])
+            torch.where(outside, nb_outside, nb_inner, out=self.neg_bound[part])
 
     def record_initial(self) -> None:
         self._load()
-        self.init_neg.copy_(self.cur < 0)
+        torch.lt(self.cur, 0, out=self.init_neg)
         self._observe_candidates(0, with_crossings=False)
 
     def observe(self, t: int) -> int:
