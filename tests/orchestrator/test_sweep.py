@@ -118,6 +118,12 @@ def wait_for_health(url: str, process: subprocess.Popen, timeout: float = 120) -
     raise TimeoutError(f"MLflow server at {url} did not come up")
 
 
+def as_started_from_a_terminal() -> None:
+    """Ctrl-C's SIGINT reaches a server started from a terminal, also when this test suite runs
+    as a background job (a shell starts those with SIGINT ignored, and children inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_server(
     signlock_command: list[str], cwd: Path, backend_store_uri: str, artifacts: Path
 ) -> tuple[subprocess.Popen, str]:
@@ -127,6 +133,7 @@ def start_server(
         [*signlock_command, "server", "--port", str(port), "--backend-store-uri",
          backend_store_uri, "--artifacts-destination", str(artifacts)],
         cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        preexec_fn=as_started_from_a_terminal,
     )  # fmt: skip
     uri = f"http://127.0.0.1:{port}"
     wait_for_health(uri, server)
