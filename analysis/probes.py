@@ -1,8 +1,8 @@
 """One-bit-wall probes of sign matrices (Section 2; Appendices C.2, C.3, E.1.1; Table 2).
 
 * Matrices (C.3.2): two-dimensional weights as they are, Conv kernels flattened to
-  C_out × (C_in·k_h·k_w); names containing ``embed`` or ``lm_head`` left out; sorted by
-  d = min(m, n), largest first; float32. S = sign(W) with sign(0) = +1, A = |W| (C.3.3).
+  C_out × (C_in·k_h·k_w); names containing ``emb`` (C.3.2: ``embed``) or ``lm_head`` left out;
+  sorted by d = min(m, n), largest first; float32. S = sign(W) with sign(0) = +1, A = |W| (C.3.3).
 * E_r(M) = ‖M − M_r‖_F / ‖M‖_F over q = r/d ∈ {1/2048, …, 1024/2048}, r = ⌊q·d⌋ ≥ 1; exact
   singular values up to d = 2048, randomized (``torch.svd_lowrank``) above (C.3.4).
 * KS (C.3.5): per matrix s = min(256, d) (skipped when s < 32), 20 contiguous s × s blocks at
@@ -28,7 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-EXCLUDED_NAMES = ("embed", "lm_head")  # C.3.2
+# C.3.2 leaves out names containing "embed" or "lm_head"; "emb" also catches signlock's own
+# token and position tables (tok_emb, pos_emb).
+EXCLUDED_NAMES = ("emb", "lm_head")
 Q_GRID = tuple(2**k / 2048 for k in range(11))  # C.3.4: 1/2048, 2/2048, …, 1024/2048
 EXACT_SVD_MAX_D = 2048  # C.3.4
 TOP_FOR_SVD = 40  # C.3.2: up to 40 matrices for E_r

@@ -10,6 +10,7 @@ input fails before any of them starts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -294,6 +295,60 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _at_least_one(value: int, flag: str) -> int:
+    if value < 1:
+        raise ConfigError(flag, value, "an integer >= 1")
+    return value
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from signlock.analysis.probe_run import ProbeOptions, resolve_sources, run_probe
+    from signlock.orchestrator.tracking import log_probe
+
+    options = ProbeOptions(
+        excluded=tuple(word for word in args.exclude.split(",") if word),
+        top_svd=_at_least_one(args.top_svd, "--top-svd"),
+        top_ks=_at_least_one(args.top_ks, "--top-ks"),
+        top_entropy=_at_least_one(args.top_entropy, "--top-entropy"),
+        max_patches=_at_least_one(args.max_patches, "--max-patches"),
+        references=not args.no_references,
+    )
+    storage = Path(args.storage)
+    sources = [source for path in args.paths for source in resolve_sources(path, storage)]
+    if not sources:
+        raise ConfigError("PATH", " ".join(args.paths), "weights to probe (no finished trial)")
+    name = args.name or Path(args.paths[0]).name or "probe"
+    out = Path(args.out) if args.out else DEFAULT_RUNS_DIR / "probes" / name
+    result = run_probe(sources, out, options)
+    parent, tracking_uri = _probe_parent(args, storage)
+    params = {
+        "paths": " ".join(args.paths)[:500],
+        "excluded": ",".join(options.excluded),
+        "top_svd": str(options.top_svd),
+        "top_ks": str(options.top_ks),
+        "top_entropy": str(options.top_entropy),
+    }
+    run_id = log_probe(
+        tracking_uri, name, out, params, result.metrics, experiment=args.experiment, parent=parent
+    )
+    for path in result.files:
+        print(path)
+    print(f"MLflow run {run_id} ({tracking_uri})", file=sys.stderr)
+    return 0
+
+
+def _probe_parent(args: argparse.Namespace, storage: Path) -> tuple[tuple[str, str] | None, str]:
+    """A probe of one sweep nests under its parent run, in its store; anything else goes to
+    ``--experiment`` in ``--tracking-uri`` (default: the embedded store)."""
+    from signlock.analysis.sweep_data import load_sweep
+
+    if len(args.paths) == 1 and not Path(args.paths[0]).is_file():
+        with contextlib.suppress(SignlockError, FileNotFoundError):
+            context = load_sweep(args.paths[0], storage).record.context
+            return (context.experiment_id, context.parent_run_id), context.tracking_uri
+    return None, _tracking_uri(args)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from signlock.analysis.analyze import run_analysis
     from signlock.analysis.report import write_report
@@ -505,6 +560,35 @@ def _add_sweep_commands(commands: Any) -> None:
         help="bootstrap intervals per tensor too (default: pooled only; costs tensors × more)",
     )
     analyze.set_defaults(func=cmd_analyze)
+
+    probe = commands.add_parser(
+        "probe", help="one-bit-wall probes of sign matrices (SVD error, KS, entropy, codecs)"
+    )
+    probe.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="run directory, sweep (name or directory), state_dict file, safetensors file or "
+        "directory of safetensors shards",
+    )
+    probe.add_argument("--out", help="output directory (default signlock-runs/probes/<name>)")
+    probe.add_argument("--name", help="name of the probe and its MLflow run")
+    probe.add_argument("--storage", default=str(DEFAULT_SWEEPS_DIR))
+    probe.add_argument(
+        "--exclude", default="emb,lm_head", help="comma-separated name parts to leave out"
+    )
+    probe.add_argument("--top-svd", type=int, default=40, help="largest matrices for E_r")
+    probe.add_argument("--top-ks", type=int, default=6, help="largest matrices for the KS test")
+    probe.add_argument("--top-entropy", type=int, default=6, help="largest matrices for Ĥ_RD")
+    probe.add_argument(
+        "--max-patches", type=int, default=1 << 20, help="3×3 patches per matrix (then sampled)"
+    )
+    probe.add_argument(
+        "--no-references", action="store_true", help="skip Table 2's three reference rows"
+    )
+    probe.add_argument("--tracking-uri", help="MLflow tracking URI (default: embedded sqlite)")
+    probe.add_argument("--experiment", default="signlock-probes", help="MLflow experiment")
+    probe.set_defaults(func=cmd_probe)
 
     report = commands.add_parser(
         "report", help="one self-contained HTML page of a sweep (spec, trials, tables, figures)"

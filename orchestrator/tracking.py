@@ -455,3 +455,36 @@ def _stop_group(process: subprocess.Popen) -> int:
     with contextlib.suppress(ProcessLookupError):  # workers that outlived their server
         os.killpg(process.pid, signal.SIGKILL)
     return process.wait()
+
+
+PROBE_EXPERIMENT = "signlock-probes"
+
+
+def log_probe(
+    tracking_uri: str,
+    run_name: str,
+    directory: Path,
+    params: Mapping[str, str],
+    metrics: Mapping[str, float],
+    *,
+    experiment: str = PROBE_EXPERIMENT,
+    parent: tuple[str, str] | None = None,
+) -> str:
+    """One finished MLflow run holding a probe's outputs (artifacts under ``probe/``): in
+    ``experiment``, or nested under ``parent`` = (experiment id, parent run id) of a sweep."""
+    client = MlflowClient(tracking_uri)
+    tags = {TAG_KIND: "probe", **package_versions()}
+    if parent is None:
+        experiment_id = get_or_create_experiment(client, experiment, None)
+    else:
+        experiment_id, parent_run_id = parent
+        tags["mlflow.parentRunId"] = parent_run_id
+    run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+    _log_params(client, run_id, params)
+    now = int(time.time() * 1000)
+    values = [Metric(key, float(v), now, 0) for key, v in finite_metrics(metrics).items()]
+    for start in range(0, len(values), 1000):
+        client.log_batch(run_id, metrics=values[start : start + 1000])
+    client.log_artifacts(run_id, str(directory), "probe")
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
