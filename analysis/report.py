@@ -67,6 +67,26 @@ def _read(directory: Path, stem: str) -> pd.DataFrame:
     return pd.read_csv(path) if path.exists() else pd.DataFrame()
 
 
+def _compression_section(directory: Path) -> list[str]:
+    """``signlock compress``'s curves and its seed means per method and budget, when run."""
+    table_path = directory / "compression.parquet"
+    if not table_path.exists():
+        return []
+    table = pd.read_parquet(table_path)
+    reached = table[table["status"] == "ok"]
+    means = reached.groupby(["method", "bpw_target"], as_index=False).agg(
+        bpw_eff=("bpw_eff", "mean"), metric=("metric", "mean"), seeds=("seed", "nunique")
+    )
+    unreached = table[table["status"] != "ok"][["trial", "method", "bpw_target", "status"]]
+    return [
+        "<h2>Compression (performance vs bits per weight, Fig. 20)</h2>",
+        _figures(directory),
+        _table(means),
+        "<h3>Budgets not reached</h3>",
+        _table(unreached),
+    ]
+
+
 def render_report(sweep: Sweep, analysis_dir: Path, trial_links: Mapping[str, str]) -> str:
     """The HTML of the report (``trial_links``: trial name → URL of its MLflow run)."""
     trials_csv = sweep.directory / "trials.csv"
@@ -89,6 +109,7 @@ def render_report(sweep: Sweep, analysis_dir: Path, trial_links: Mapping[str, st
         _table(_read(analysis_dir, "pareto")),
         "<h2>Figures</h2>",
         _figures(analysis_dir),
+        *_compression_section(sweep.directory / "compression"),
         "<h2>Spec</h2>",
         f"<pre>{html.escape(json.dumps(sweep.record.context.spec, indent=2))}</pre>",
         "<p id='render-check' class='muted'></p>",

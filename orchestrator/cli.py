@@ -295,6 +295,80 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _csv_list(text: str | None, cast: Any = str) -> list[Any]:
+    return [cast(part) for part in (text or "").split(",") if part.strip()]
+
+
+def _budgets(text: str | None) -> tuple[float, ...]:
+    from signlock.analysis.bit_accounting import DEFAULT_BUDGETS
+
+    try:
+        return tuple(_csv_list(text, float)) or DEFAULT_BUDGETS
+    except ValueError as error:
+        raise ConfigError(
+            "--bpw", text, "comma-separated bits per weight, e.g. 0.25,0.5"
+        ) from error
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from signlock.analysis.compression import (
+        compress_trial,
+        plan_jobs,
+        read_table,
+        run_compression,
+        save_figure,
+        validate_budgets,
+        validate_methods,
+    )
+    from signlock.analysis.compressors import METHODS
+    from signlock.analysis.sweep_data import load_sweep
+    from signlock.orchestrator.ray_tune import run_tasks
+    from signlock.orchestrator.tracking import log_artifacts_on_run, open_existing_store
+
+    methods = validate_methods(_csv_list(args.methods) or METHODS)
+    budgets = validate_budgets(_budgets(args.bpw))
+    sweep = load_sweep(args.sweep, args.storage)
+    runs = sweep.directory / "runs"
+    trials = {name: runs / name for name in sweep.trials["name"]}
+    if not trials:
+        raise ConfigError("SWEEP", args.sweep, "a sweep with finished trials")
+    out = sweep.directory / "compression"
+    out.mkdir(exist_ok=True)
+    table_path = out / "compression.parquet"
+    targets = tuple(_csv_list(args.targets))
+    jobs = plan_jobs(trials, read_table(table_path), methods, budgets, targets)
+    bar = tqdm(total=len(jobs), desc="compress", unit="trial", leave=False)
+
+    def execute(pending):
+        for rows in run_tasks(
+            compress_trial, pending, address=args.address, log_path=out / "ray.log",
+            cpus_per_task=args.cpus_per_task,
+        ):  # fmt: skip
+            bar.update(1)
+            yield rows
+
+    try:
+        table = run_compression(jobs, table_path, execute)
+    finally:
+        bar.close()
+    points = {
+        row["name"]: ", ".join(f"{c.removeprefix('config.')}={row[c]}" for c in sweep.group_columns)
+        for _, row in sweep.trials.iterrows()
+    }
+    figure = save_figure(table, points, out / "compression.png")
+    context = sweep.record.context
+    client = open_existing_store(context.tracking_uri)
+    files = [table_path] + ([figure] if figure else [])
+    log_artifacts_on_run(client, context.parent_run_id, files, "compression")
+    for path in files:
+        print(path)
+    reached = table[table.status == "ok"]
+    print(f"{len(reached)} of {len(table)} rows reached their budget", file=sys.stderr)
+    return 0
+
+
 def _at_least_one(value: int, flag: str) -> int:
     if value < 1:
         raise ConfigError(flag, value, "an integer >= 1")
@@ -560,6 +634,22 @@ def _add_sweep_commands(commands: Any) -> None:
         help="bootstrap intervals per tensor too (default: pooled only; costs tensors × more)",
     )
     analyze.set_defaults(func=cmd_analyze)
+
+    compress = commands.add_parser(
+        "compress", help="performance vs bits per weight of a sweep's trials (Fig. 20), into MLflow"
+    )
+    compress.add_argument("sweep", help="sweep name (under --storage) or sweep directory")
+    compress.add_argument("--storage", default=str(DEFAULT_SWEEPS_DIR))
+    compress.add_argument("--methods", help="comma-separated (default: all seven)")
+    compress.add_argument(
+        "--bpw", help="comma-separated target bits per weight (default E.3.5's eight)"
+    )
+    compress.add_argument(
+        "--targets", help="comma-separated matrix names (default: all but embeddings and head)"
+    )
+    compress.add_argument("--address", help="Ray cluster (default: a local Ray of this machine)")
+    compress.add_argument("--cpus-per-task", type=float, default=1.0, help="CPUs per trial task")
+    compress.set_defaults(func=cmd_compress)
 
     probe = commands.add_parser(
         "probe", help="one-bit-wall probes of sign matrices (SVD error, KS, entropy, codecs)"

@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -337,3 +337,31 @@ def trial_table(sweep_dir: Path, context: SweepContext) -> pd.DataFrame:
     columns = ["trial_id", "name", "status", "step", "failures", *RESULT_METRICS, "error"]
     table = pd.DataFrame(rows, columns=None if rows else columns)
     return table.sort_values("trial_id", ignore_index=True) if rows else table
+
+
+def run_tasks(
+    function: Callable[[Any], Any],
+    jobs: list[Any],
+    *,
+    address: str | None,
+    log_path: Path,
+    cpus_per_task: float = 1,
+) -> Iterator[Any]:
+    """Each job as one Ray task (``cpus_per_task`` CPUs) on the cluster at ``address`` or this
+    process's own local Ray; results in the order they finish. Ray's output goes to
+    ``log_path``. Disconnects when done or abandoned."""
+    import ray
+
+    if not jobs:
+        return
+    with _stderr_to(log_path, enabled=True):
+        init_ray(address, verbose=False)
+    _send_ray_logs_to(log_path)
+    try:
+        remote = ray.remote(num_cpus=cpus_per_task, max_retries=1)(function)
+        pending = [remote.remote(job) for job in jobs]
+        while pending:
+            finished, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(finished[0])
+    finally:
+        disconnect()

@@ -488,3 +488,11 @@ def log_probe(
     client.log_artifacts(run_id, str(directory), "probe")
     client.set_terminated(run_id, "FINISHED")
     return run_id
+
+
+def log_artifacts_on_run(
+    client: MlflowClient, run_id: str, files: Iterable[Path], artifact_path: str
+) -> None:
+    """Files on an existing run under ``artifact_path`` (same names replace earlier ones)."""
+    for path in files:
+        client.log_artifact(run_id, str(path), artifact_path)
