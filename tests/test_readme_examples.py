@@ -147,3 +147,19 @@ def test_the_analysis_block_and_the_notebook_snippet_run(tmp_path):
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr
     for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README):
         assert (ROOT / image).is_file(), image
+
+
+@pytest.mark.slow
+def test_the_compression_block_runs_as_written(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"layers.0.mlp.weight": torch.randn(256, 128)}, tmp_path / "model.safetensors")
+    for line in section_block("Compression and the one-bit wall", "bash").splitlines():
+        result = signlock(line, tmp_path)
+        assert result.returncode == 0, (line, result.stderr[-3000:])
+    sweep = tmp_path / "signlock-runs" / "sweeps" / "compression-smoke"
+    assert (sweep / "compression" / "compression.parquet").is_file()
+    probes = tmp_path / "signlock-runs" / "probes"
+    assert (probes / "compression-smoke" / "codecs.csv").is_file()
+    assert (probes / "my-model" / "svd_error.csv").is_file()

@@ -5,6 +5,7 @@ signlock-probes); outputs read back with MLflow's own client."""
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 
 import pandas as pd
 import pytest
@@ -87,3 +88,49 @@ def test_probe_of_nothing_probeable_is_one_line_and_exit_2(tmp_path):
     assert not (tmp_path / "signlock-runs").exists()
     bad = run_cli("probe", "x", "--top-ks", "0", cwd=tmp_path)
     assert bad.returncode == 2 and "--top-ks" in one_line_error(bad)
+
+
+BUDGETS = (0.25, 0.5, 1.0, 2.0)
+
+
+@pytest.mark.slow
+def test_compress_curves_logged_on_the_parent_run_and_resumed(compression_smoke):
+    root = compression_smoke
+    bpw = ",".join(map(str, BUDGETS))
+    result = run_cli("compress", "compression-smoke", "--bpw", bpw, cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = root / "signlock-runs" / "sweeps" / "compression-smoke" / "compression"
+    table = pd.read_parquet(out / "compression.parquet")
+    assert len(table) == 3 * (7 * len(BUDGETS) + 1)  # every trial, method, budget + uncompressed
+    reached = table[(table.status == "ok") & (table.method != "uncompressed")]
+    for row in reached.itertuples():
+        bits = row.sign_bits + row.value_bits + row.index_bits
+        assert Fraction(int(bits), int(row.weights)) <= Fraction(str(row.bpw_target))
+    unreached = table[table.status != "ok"]
+    assert unreached.metric.isna().all() and (unreached.status.str.len() > 0).all()
+    assert {"svd-lockin-zscore", "svd-w", "hashednets"} <= set(reached.method)
+
+    # E.3.4: with template-locked signs, SVD |W| beats SVD W below one bit per weight.
+    sub_bit = reached[reached.bpw_eff < 1].groupby("method").metric.mean()
+    best_lockin = min(sub_bit["svd-lockin-zscore"], sub_bit["svd-lockin-naive"])
+    assert best_lockin < sub_bit["svd-w"], sub_bit.to_dict()
+
+    uri = f"sqlite:///{root / 'signlock-runs' / 'mlflow.db'}"
+    (parent,), _ = sweep_runs(uri, "compression-smoke")
+    logged = {a.path for a in MlflowClient(uri).list_artifacts(parent.info.run_id, "compression")}
+    assert logged == {"compression/compression.parquet", "compression/compression.png"}
+
+    kept = table.drop(index=table.index[table.method == "wanda"][:2])  # as if interrupted
+    kept.to_parquet(out / "compression.parquet", index=False)
+    again = run_cli("compress", "compression-smoke", "--bpw", bpw, cwd=root)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = pd.read_parquet(out / "compression.parquet")
+    pd.testing.assert_frame_equal(resumed, table)  # the missing rows back, nothing else redone
+
+
+def test_compress_refuses_bad_methods_and_budgets_before_any_work(tmp_path):
+    bad = run_cli("compress", "any", "--methods", "svd-w,jpeg", cwd=tmp_path)
+    assert bad.returncode == 2 and "--methods" in one_line_error(bad)
+    negative = run_cli("compress", "any", "--bpw", "0.5,-1", cwd=tmp_path)
+    assert negative.returncode == 2 and "--bpw" in one_line_error(negative)
+    assert not (tmp_path / "signlock-runs").exists()
