@@ -293,12 +293,13 @@ def svd_figure(svd: pd.DataFrame):
     figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for axis, column, title in ((axes[0], "E_r_S", "S = sign(W)"), (axes[1], "E_r_A", "A = |W|")):
         for label, rows in _limited(svd[svd.matrix == MEAN].groupby("source", sort=False)):
-            axis.plot(rows.q, rows[column], marker="o", label=label)
+            style = "--" if str(label).endswith("/initial") else "-"  # Fig. 6: final weights
+            axis.plot(rows.q, rows[column], style, marker="o", label=label)
         axis.set_xscale("log", base=2)
         axis.set(title=title, xlabel="rank ratio q = r/d", ylabel="E_r (layer mean)")
         axis.grid(alpha=0.3)
     axes[1].legend(fontsize=7)
-    figure.suptitle("Low-rank error of signs vs magnitudes (Fig. 2a, C.3.4)")
+    figure.suptitle("Low-rank error of signs vs magnitudes (Fig. 2a, 6; C.3.4)")
     return figure
 
 

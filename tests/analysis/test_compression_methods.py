@@ -195,3 +195,19 @@ def test_pruning_keeps_the_largest_and_wanda_the_same_count_per_row():
         chosen = wanda.weight[row] != 0
         assert score[row][chosen].min() >= score[row][~chosen].max()
     assert isinstance(MagnitudePrune().compress(weight, 0.075, MatrixContext()), Unreachable)
+
+
+def test_template_methods_are_refused_without_a_template_or_against_one():
+    from signlock.analysis.compression import template_refusal
+
+    weight = random_weight(6, 5, seed=1)
+    template = torch.where(weight >= 0, 1, -1).to(torch.int8)
+    assert template_refusal({"w": weight}, {"w": template}) is None
+    zeroed = weight.clone()
+    zeroed[0, 0] = 0.0  # an exact zero matches either sign (T ⊙ |0| = 0)
+    assert template_refusal({"w": zeroed}, {"w": -template}) is not None
+    assert template_refusal({"w": zeroed * 0}, {"w": -template}) is None
+    assert "no sign template" in template_refusal({"w": weight}, {})
+    flipped = template.clone()
+    flipped[2, 3] *= -1
+    assert "1 entries" in template_refusal({"w": weight}, {"w": flipped})
