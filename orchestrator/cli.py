@@ -331,9 +331,13 @@ def cmd_compress(args: argparse.Namespace) -> int:
     budgets = validate_budgets(_budgets(args.bpw))
     sweep = load_sweep(args.sweep, args.storage)
     runs = sweep.directory / "runs"
-    trials = {name: runs / name for name in sweep.trials["name"]}
+    trials = {
+        name: runs / name
+        for name in sweep.trials["name"]
+        if (runs / name / "checkpoints" / "latest.pt").is_file()
+    }
     if not trials:
-        raise ConfigError("SWEEP", args.sweep, "a sweep with finished trials")
+        raise ConfigError("SWEEP", args.sweep, "a sweep with finished trials and checkpoints")
     out = sweep.directory / "compression"
     out.mkdir(exist_ok=True)
     table_path = out / "compression.parquet"
