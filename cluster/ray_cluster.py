@@ -54,10 +54,23 @@ def auth_environment(token_path: Path) -> dict[str, str]:
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
 
 
-def free_port(host: str = "") -> int:
+FREE_PORT_ATTEMPTS = 100
+
+
+def _probe_port(host: str) -> int:
     with socket.socket() as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
+
+
+def free_port(host: str = "", avoid: tuple[int, int] | None = None) -> int:
+    """A port the OS reports free, outside ``avoid`` (an inclusive range, e.g. this job's worker
+    ports: Ray refuses to start when a chosen port falls inside them)."""
+    for _ in range(FREE_PORT_ATTEMPTS):
+        port = _probe_port(host)
+        if avoid is None or not avoid[0] <= port <= avoid[1]:
+            return port
+    raise RuntimeError(f"no free port outside {avoid} in {FREE_PORT_ATTEMPTS} attempts")
 
 
 def worker_port_range(job_id: str) -> tuple[int, int]:
@@ -162,7 +175,7 @@ def _common_flags(job_id: str, resources: NodeResources) -> list[str]:
         f"--temp-dir={short_temp_dir(job_id)}",
         f"--min-worker-port={low}",
         f"--max-worker-port={high}",
-        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port(avoid=(low, high))}",
         *resources.flags(),
     ]
 
@@ -172,7 +185,7 @@ def start_head(
 ) -> tuple[subprocess.Popen[Any], str]:
     """``ray start --head --block`` on this node; returns the process and the GCS address."""
     ip = node_ip()
-    port = free_port()
+    port = free_port(avoid=worker_port_range(job_id))
     command = [
         _ray_executable(), "start", "--head", f"--node-ip-address={ip}", f"--port={port}",
         "--include-dashboard=false",

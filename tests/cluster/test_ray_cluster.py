@@ -5,6 +5,9 @@ from __future__ import annotations
 import itertools
 import stat
 
+import pytest
+
+from signlock.cluster import ray_cluster
 from signlock.cluster.ray_cluster import (
     NodeResources,
     Rendezvous,
@@ -49,3 +52,15 @@ def test_a_requeued_job_does_not_read_its_previous_heads_address(tmp_path):
     second = Rendezvous(tmp_path, "77", restart=1)
     assert second.head_file != first.head_file and not second.head_file.exists()
     assert first.head_address(timeout_s=1) == "10.0.0.1:6379"
+
+
+def test_ports_we_choose_stay_out_of_the_jobs_worker_port_range(monkeypatch):
+    """CI once drew the dashboard agent's port inside job 168's worker ports (47200–47599) and
+    Ray refused to start the head; chosen ports now skip that range."""
+    low, high = ray_cluster.worker_port_range("168")
+    drawn = iter([low, high, (low + high) // 2, high + 1])
+    monkeypatch.setattr(ray_cluster, "_probe_port", lambda host: next(drawn))
+    assert ray_cluster.free_port(avoid=(low, high)) == high + 1
+    monkeypatch.setattr(ray_cluster, "_probe_port", lambda host: low)
+    with pytest.raises(RuntimeError, match="no free port"):
+        ray_cluster.free_port(avoid=(low, high))
