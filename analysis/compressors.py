@@ -87,11 +87,9 @@ def _quantized(x: torch.Tensor, bits: int | None) -> torch.Tensor:
     return x if bits is None else quantize(x, bits)
 
 
-class SvdLockinNaive(Method):
-    """Â = Q(U_r) Q(Σ_r) Q(V_r)ᵀ of A = |W|, Ŵ = T ⊙ Â (E.3.3). ``bits=None`` skips Q."""
-
-    name = "svd-lockin-naive"
-    needs_template = True
+class SvdMethod(Method):
+    """A truncated-SVD storage (E.3.5's bit formula) at the largest rank within the budget;
+    subclasses rebuild the matrix from its rank-r factors. ``bits=None`` skips Q."""
 
     def __init__(self, bits: int | None = VALUE_BITS) -> None:
         self.bits = bits
@@ -103,14 +101,36 @@ class SvdLockinNaive(Method):
         rank = largest_rank(m, n, budget)
         if rank < 1:
             return Unreachable("rank 1 exceeds the budget")
-        u, s, v = truncated_svd(weight.abs(), rank)
+        rebuilt, account = self.rebuild(weight, rank, context)
+        return Compressed(rebuilt.to(weight.dtype), account, rank)
+
+    def rebuild(
+        self, weight: torch.Tensor, rank: int, context: MatrixContext
+    ) -> tuple[torch.Tensor, BitAccount]:
+        raise NotImplementedError
+
+    def quantized_product(self, matrix: torch.Tensor, rank: int) -> torch.Tensor:
+        """Q(U_r) Q(Σ_r) Q(V_r)ᵀ of ``matrix`` (E.3.3)."""
+        u, s, v = truncated_svd(matrix, rank)
         q = self.bits
-        magnitudes = _quantized(u, q) @ torch.diag(_quantized(s, q)) @ _quantized(v, q).T
-        rebuilt = template_of(context) * magnitudes  # E.3.3: Ŵ = T ⊙ Â
-        return Compressed(rebuilt.to(weight.dtype), svd_account(m, n, rank), rank)
+        return _quantized(u, q) @ torch.diag(_quantized(s, q)) @ _quantized(v, q).T
 
 
-class SvdLockinZscore(Method):
+class SvdLockinNaive(SvdMethod):
+    """Â = Q(U_r) Q(Σ_r) Q(V_r)ᵀ of A = |W|, Ŵ = T ⊙ Â (E.3.3)."""
+
+    name = "svd-lockin-naive"
+    needs_template = True
+
+    def rebuild(
+        self, weight: torch.Tensor, rank: int, context: MatrixContext
+    ) -> tuple[torch.Tensor, BitAccount]:
+        magnitudes = self.quantized_product(weight.abs(), rank)
+        m, n = weight.shape
+        return template_of(context) * magnitudes, svd_account(m, n, rank)  # Ŵ = T ⊙ Â
+
+
+class SvdLockinZscore(SvdMethod):
     """E.3.6: column z-score of A = |W| (mean ζ, population std ω, D = diag(ω + ε_zs)), rank-r
     SVD with Σ folded into U, Q on both factors, A_b = A_b^zs·D + 1ζᵀ, max(·, 0), Ŵ = T ⊙ A_b.
     Bits by E.3.5's SVD formula; the 2n fp16 column statistics are recorded as side bits."""
@@ -119,16 +139,13 @@ class SvdLockinZscore(Method):
     needs_template = True
 
     def __init__(self, bits: int | None = VALUE_BITS, eps: float = Z_SCORE_EPS) -> None:
-        self.bits = bits
+        super().__init__(bits)
         self.eps = eps
 
-    def compress(
-        self, weight: torch.Tensor, budget: float, context: MatrixContext
-    ) -> Compressed | Unreachable:
+    def rebuild(
+        self, weight: torch.Tensor, rank: int, context: MatrixContext
+    ) -> tuple[torch.Tensor, BitAccount]:
         m, n = weight.shape
-        rank = largest_rank(m, n, budget)
-        if rank < 1:
-            return Unreachable("rank 1 exceeds the budget")
         magnitudes = weight.abs().double()
         mean = magnitudes.mean(dim=0)  # ζ_j
         std = magnitudes.std(dim=0, correction=0)  # ω_j, population
@@ -140,28 +157,19 @@ class SvdLockinZscore(Method):
         restored = torch.clamp(approx * scale + mean, min=0.0)  # A_b ← max(A_b^zs D + 1ζᵀ, 0)
         bits = svd_account(m, n, rank).value_bits
         account = BitAccount(m * n, value_bits=bits, side_bits=2 * n * SCALE_BITS)
-        return Compressed((template_of(context) * restored).to(weight.dtype), account, rank)
+        return template_of(context) * restored, account
 
 
-class SvdW(Method):
+class SvdW(SvdMethod):
     """The SVD W baseline: the same factors and bits on W itself (signs stored in them)."""
 
     name = "svd-w"
 
-    def __init__(self, bits: int | None = VALUE_BITS) -> None:
-        self.bits = bits
-
-    def compress(
-        self, weight: torch.Tensor, budget: float, context: MatrixContext
-    ) -> Compressed | Unreachable:
+    def rebuild(
+        self, weight: torch.Tensor, rank: int, context: MatrixContext
+    ) -> tuple[torch.Tensor, BitAccount]:
         m, n = weight.shape
-        rank = largest_rank(m, n, budget)
-        if rank < 1:
-            return Unreachable("rank 1 exceeds the budget")
-        u, s, v = truncated_svd(weight, rank)
-        q = self.bits
-        rebuilt = _quantized(u, q) @ torch.diag(_quantized(s, q)) @ _quantized(v, q).T
-        return Compressed(rebuilt.to(weight.dtype), svd_account(m, n, rank), rank)
+        return self.quantized_product(weight, rank), svd_account(m, n, rank)
 
 
 class HashedNets(Method):
