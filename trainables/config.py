@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from signlock.trainables.errors import ConfigError
+from signlock.trainables.files import check_name
 
 ModelKind = Literal["gpt", "mlp"]
 DatasetName = Literal["tinyshakespeare", "text8", "synthetic", "mnist", "text-file"]
@@ -293,6 +294,7 @@ class TrialConfig:
     threads: int | None = None  # torch intra-op threads on CPU; None leaves torch's default
 
     def __post_init__(self) -> None:
+        check_name("name", self.name)
         _require(self.steps >= 1, "steps", self.steps, "an integer >= 1")
         _require(self.log_every >= 1, "log_every", self.log_every, "an integer >= 1")
         _require(
@@ -485,10 +487,24 @@ def read_mapping_file(path: str | Path, what: str) -> dict[str, Any]:
             _check_unique_keys(yaml.compose(text, Loader=yaml.SafeLoader), what)
             raw = yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError) as error:
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ConfigError(what, str(path), f"valid YAML/JSON ({first})") from None
+        raise ConfigError(what, str(path), f"valid YAML/JSON ({_syntax_fault(error)})") from None
     _require(isinstance(raw, dict), what, str(path), "a file holding a mapping")
     return raw
+
+
+def _syntax_fault(error: Exception) -> str:
+    """One line saying what is wrong and where: ``json`` already gives ``line L column C``;
+    PyYAML's marks are 0-based and its first line names only the context, so say it the same
+    way, 1-based."""
+    import yaml
+
+    if isinstance(error, yaml.MarkedYAMLError):
+        words = ", ".join(part for part in (error.context, error.problem) if part)
+        mark = error.problem_mark or error.context_mark
+        words = words or type(error).__name__
+        return f"{words}: line {mark.line + 1} column {mark.column + 1}" if mark else words
+    text = str(error)
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _check_unique_keys(node: Any, path: str) -> None:

@@ -33,3 +33,11 @@ class DatasetError(SignlockError):
 
 class TrainingDivergedError(SignlockError):
     """The loss became NaN or infinite; the trial cannot continue."""
+
+
+class SweepNotFoundError(InputNotFoundError):
+    """No sweep of that name (or directory) under the storage: one message for every command."""
+
+    def __init__(self, name: object, storage: object) -> None:
+        self.path = name
+        UsageError.__init__(self, f"not found: no sweep {name} under {storage}")

@@ -21,7 +21,7 @@ import torch
 
 from signlock.trainables.config import DataConfig
 from signlock.trainables.downloads import fetch
-from signlock.trainables.errors import ConfigError, DatasetError
+from signlock.trainables.errors import ConfigError, DatasetError, InputNotFoundError
 
 MNIST_MEAN = 0.1307  # E.2.1
 MNIST_STD = 0.3081  # E.2.1
@@ -54,6 +54,8 @@ def load_mnist(cfg: DataConfig, *, split_seed: int = 0) -> ImageData:
     path = (
         Path(cfg.path).expanduser() if cfg.path is not None else fetch("mnist", cache=cfg.cache_dir)
     )
+    if not path.is_file():
+        raise InputNotFoundError(cfg.path)
     arrays = _read_mnist_npz(path)
     train_idx, val_idx = _mnist_split(len(arrays["x_train"]), split_seed, path)
     x_all, y_all = _normalise(arrays["x_train"]), _labels(arrays["y_train"])

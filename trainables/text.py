@@ -24,7 +24,7 @@ import torch
 
 from signlock.trainables.config import DataConfig
 from signlock.trainables.downloads import DATASETS, fetch
-from signlock.trainables.errors import ConfigError, DatasetError
+from signlock.trainables.errors import ConfigError, DatasetError, InputNotFoundError
 
 
 @dataclass(frozen=True)
@@ -95,8 +95,10 @@ def _read_corpus(cfg: DataConfig) -> str:
     spec = DATASETS.get(cfg.dataset)
     if cfg.path is not None:
         path = Path(cfg.path).expanduser()
+        if not path.exists():
+            raise InputNotFoundError(cfg.path)
         if not path.is_file():
-            raise DatasetError(f"data.path={cfg.path!r} is not a file")
+            raise ConfigError("data.path", cfg.path, "a file (this is a directory)")
     elif spec is not None:
         path = fetch(cfg.dataset, cache=cfg.cache_dir)
     else:

@@ -12,19 +12,22 @@ Run directory layout (a run directory alone is enough to resume or reproduce the
     summary.json         final metrics: every ``schema.SUMMARY_FIELDS``, null when not measured
     checkpoints/latest.pt model, optimizer, scheduler, RNG, tracker state (torch.load weights_only)
     checkpoints/latest.json {"step": N} of that checkpoint
+    checkpoints/previous.pt (+ .json) the checkpoint before it, resumed from when latest.pt is
+                         unreadable
+
+Every file is written to a unique temporary name beside it and renamed (``files.atomic_path``).
 
 Nothing here knows about Ray or MLflow: callers observe progress through ``Reporter``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,15 @@ from torch import nn
 
 from signlock.trainables.config import TrialConfig, config_differences
 from signlock.trainables.errors import ConfigError, TrainingDivergedError
+from signlock.trainables.files import (
+    UnreadableFileError,
+    atomic_path,
+    load_torch_file,
+    read_json,
+    write_json,
+    write_parquet,
+    write_text,
+)
 from signlock.trainables.interventions import Interventions, resolve_targets
 from signlock.trainables.models import build_model
 from signlock.trainables.schedules import LRMultiplier
@@ -47,10 +59,25 @@ from signlock.trainables.tasks import make_task
 from signlock.trainables.tracker import SignTracker
 
 CHECKPOINT_NAME = "latest.pt"
+PREVIOUS_CHECKPOINT_NAME = "previous.pt"
 DATA_SEED_OFFSET = 1
 
 Reporter = Callable[[dict[str, float], Path | None], None]
 """Called after each logged row with that row and the checkpoint path if one was just written."""
+
+
+@dataclass(frozen=True)
+class Restored:
+    """The checkpoint a trial resumed from, and why newer ones were passed over."""
+
+    step: int
+    path: Path
+    skipped: tuple[str, ...] = field(default_factory=tuple)  # one line per unreadable newer one
+
+
+def checkpoint_files(checkpoint: Path) -> tuple[Path, Path]:
+    """``latest.pt`` and the ``previous.pt`` kept beside it, newest first."""
+    return checkpoint, checkpoint.with_name(PREVIOUS_CHECKPOINT_NAME)
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -131,6 +158,7 @@ class Trial:
         self.train_seconds = 0.0
         self.window = _Window()
         self.autocast = self._autocast_context()
+        self.restored: Restored | None = None
 
     def _make_tracker(self) -> SignTracker | None:
         tracker_cfg = self.cfg.tracker
@@ -162,15 +190,12 @@ class Trial:
         reporter: Reporter | None = None,
         *,
         resume: bool = True,
-        on_resume: Callable[[int], None] | None = None,
     ) -> dict[str, Any]:
-        """Train to ``cfg.steps`` (continuing from the run dir's checkpoint when ``resume``) and
-        write all outputs. Raises ``TrainingDivergedError`` on a non-finite loss after writing
-        what was computed so far."""
-        if resume and self.checkpoint_path.exists():
-            self.load_checkpoint(self.checkpoint_path)  # refuses a changed config: nothing written
-            if on_resume is not None:
-                on_resume(self.step)
+        """Train to ``cfg.steps`` (continuing from the run dir's newest readable checkpoint when
+        ``resume`` and :meth:`restore` was not called) and write all outputs. Raises
+        ``TrainingDivergedError`` on a non-finite loss after writing what was computed so far."""
+        if resume and self.restored is None:
+            self.restore()  # refuses a changed config: nothing written
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._write_config()
         self.model.train()
@@ -195,7 +220,7 @@ class Trial:
         self.save_checkpoint(self.checkpoint_path)
         self._write_tables()
         summary = self._summary()
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+        write_json(self.run_dir / "summary.json", summary, indent=2, sort_keys=True)
         return summary
 
     def train_step(self) -> None:
@@ -301,19 +326,48 @@ class Trial:
         }
 
     def save_checkpoint(self, path: Path) -> None:
-        """Write atomically (temp file + rename): a crash mid-save keeps the previous one. A
+        """Write atomically (unique temp file + rename), keeping the checkpoint it replaces as
+        ``previous.pt``: a crash, a full disk or a corrupt newest file leaves one to resume. A
         ``.json`` sidecar records the step, so callers can compare checkpoints without loading
-        them (it may lag the ``.pt`` after a crash, never lead it)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
-        sidecar = path.with_suffix(".json")
-        sidecar.with_suffix(".json.tmp").write_text(json.dumps({"step": self.step}))
-        os.replace(sidecar.with_suffix(".json.tmp"), sidecar)
+        them."""
+        latest, previous = checkpoint_files(path)
+        with atomic_path(path) as tmp:
+            with tmp.open("wb") as handle:  # a Python file: a full disk surfaces as OSError
+                torch.save(self.state_dict(), handle)
+            if latest.exists():
+                os.replace(latest, previous)
+                if latest.with_suffix(".json").exists():
+                    os.replace(latest.with_suffix(".json"), previous.with_suffix(".json"))
+        write_json(path.with_suffix(".json"), {"step": self.step})
+
+    def restore(self) -> Restored | None:
+        """Load the newest readable checkpoint of the run directory (``latest.pt``, else
+        ``previous.pt``); None when there is none. A checkpoint of another config is refused
+        (``ConfigError``); when every checkpoint is unreadable, one line naming the newest."""
+        skipped: list[str] = []
+        first_error: UnreadableFileError | None = None
+        for candidate in checkpoint_files(self.checkpoint_path):
+            if not candidate.exists():
+                continue
+            try:
+                self.load_checkpoint(candidate)
+            except UnreadableFileError as error:
+                skipped.append(str(error))
+                first_error = first_error or error
+                continue
+            self.restored = Restored(self.step, candidate, tuple(skipped))
+            return self.restored
+        if first_error is not None:
+            raise UnreadableFileError(
+                first_error.path,
+                f"{first_error.reason}; no earlier readable checkpoint (--no-resume starts over)",
+            )
+        return None
 
     def load_checkpoint(self, path: Path) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        state = load_torch_file(path, map_location=self.device)
+        if not isinstance(state, dict) or not {"config", "step", "model"} <= state.keys():
+            raise UnreadableFileError(path, "not a signlock trial checkpoint")
         changed = config_differences(state["config"], self.cfg.to_dict())
         if changed:
             raise ConfigError(
@@ -340,20 +394,18 @@ class Trial:
     # ---- outputs --------------------------------------------------------------------------
 
     def _write_config(self) -> None:
-        (self.run_dir / "config.json").write_text(self.cfg.to_json())
+        write_text(self.run_dir / "config.json", self.cfg.to_json())
 
     def _write_tables(self) -> None:
         metrics = pd.DataFrame(self.rows, columns=list(METRIC_COLUMNS))
         metrics["step"] = metrics["step"].astype("int64")
-        metrics.to_parquet(self.run_dir / "metrics.parquet", index=False)
+        write_parquet(metrics, self.run_dir / "metrics.parquet")
         if self.tracker is not None:
-            self.tracker.k_histogram().to_parquet(self.run_dir / "flips.parquet", index=False)
-            self.tracker.per_tensor_stats().to_parquet(
-                self.run_dir / "tensor_stats.parquet", index=False
-            )
+            write_parquet(self.tracker.k_histogram(), self.run_dir / "flips.parquet")
+            write_parquet(self.tracker.per_tensor_stats(), self.run_dir / "tensor_stats.parquet")
             tensor_metrics = pd.DataFrame(self.tensor_rows, columns=list(TENSOR_METRIC_COLUMNS))
             tensor_metrics = tensor_metrics.astype({"step": "int64", "n_tracked": "int64"})
-            tensor_metrics.to_parquet(self.run_dir / "tensor_metrics.parquet", index=False)
+            write_parquet(tensor_metrics, self.run_dir / "tensor_metrics.parquet")
 
     def _summary(self) -> dict[str, Any]:
         """Every ``schema.SUMMARY_FIELDS`` key; ``None`` (JSON null) where not measured."""
@@ -387,19 +439,23 @@ def run_trial(
     reporter: Reporter | None = None,
     resume: bool = True,
     progress: bool = True,
-    on_resume: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Build and run one trial; returns its summary (also written to ``summary.json``).
-    ``on_resume`` is told the step a checkpoint was resumed from."""
-    return Trial(cfg, run_dir, progress=progress).run(reporter, resume=resume, on_resume=on_resume)
+    """Build and run one trial; returns its summary (also written to ``summary.json``)."""
+    return Trial(cfg, run_dir, progress=progress).run(reporter, resume=resume)
 
 
 def checkpoint_step(path: Path) -> int:
-    """The step of a checkpoint by its ``.json`` sidecar; -1 when there is no checkpoint."""
-    sidecar = path.with_suffix(".json")
-    if not path.is_file() or not sidecar.is_file():
-        return -1
-    return int(json.loads(sidecar.read_text())["step"])
+    """The step of the newest checkpoint whose ``.json`` sidecar is readable (``latest``, else
+    ``previous``); -1 when there is none. Loads no weights."""
+    for candidate in checkpoint_files(path):
+        sidecar = candidate.with_suffix(".json")
+        if not candidate.is_file() or not sidecar.is_file():
+            continue
+        try:
+            return int(read_json(sidecar)["step"])
+        except (UnreadableFileError, KeyError, TypeError, ValueError):
+            continue
+    return -1
 
 
 def load_run_config(run_dir: str | Path) -> TrialConfig:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -90,3 +92,21 @@ def test_overrides_use_dotted_paths_and_revalidate():
         TrialConfig().with_overrides({"optim.nope": 1})
     with pytest.raises(ConfigError, match=r"regularizer\.lam"):
         TrialConfig().with_overrides({"regularizer.lam": -1})
+
+
+@pytest.mark.parametrize("command", ["plan", "sweep"])
+def test_yaml_syntax_error_names_file_line_and_column(tmp_path, command):
+    """Through the real CLI: one line with the file, and the 1-based line and column of the fault
+    (the JSON path already says where; YAML used to say only "while parsing a flow mapping")."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "name: bad\nset:\n  steps: 40\naxes: {init.a_init: {grid: [0.01]}\n  seeds: [0]\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "signlock.orchestrator.cli", command, str(path)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert str(path) in lines[0] and "line 5 column 3" in lines[0], lines[0]

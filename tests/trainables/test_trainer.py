@@ -236,12 +236,12 @@ def test_scale_debug_trains_and_resumes_on_cuda(tmp_path, seeded_cache):
     )
     with pytest.raises(Crash):
         run_trial(cfg, tmp_path / "run", progress=False, reporter=crash_after_checkpoint(10))
-    resumed_from: list[int] = []
     trial = Trial(cfg, tmp_path / "run", progress=False)
     assert trial.model.blocks[0].ln1.weight.dtype == torch.float32
     assert trial.tracker._groups[0].device.type == "cuda" and trial.tracker._groups[0].fused
-    summary = trial.run(on_resume=resumed_from.append)
-    assert resumed_from == [10]
+    restored = trial.restore()
+    assert restored is not None and restored.step == 10
+    summary = trial.run()
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
