@@ -6,6 +6,8 @@ plot reproduces.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -15,7 +17,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from matplotlib.transforms import offset_copy
 
 from signlock.analysis.pareto import pareto_mask
 from signlock.analysis.sweep_data import (
@@ -29,7 +34,14 @@ from signlock.search_spaces.axes import Axis
 from signlock.trainables.lockin_stats import zig_tail
 
 MAX_PANELS = 6
+PANELS_PER_ROW = 3
 MAX_LINES = 12  # trials drawn per panel or regime; a sweep of thousands stays readable
+HG_XTICKS = 5  # at most this many bins on a linear (ĥ, ĝ) x axis: labels like 0.0125 stay apart
+LEGEND_ROWS = 24
+LEGEND_DROP_PT = 40  # tick labels and x label of a panel: its legend goes below them
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
+NO_FLIPS = "no flips (K = 0 for every weight)"
+NO_HISTOGRAMS = "no K histogram"
 PAPER_FIGURE = {  # the axis a sweep varies → the paper's figure of (ĥ, ĝ) against it
     "init.a_init": "Fig. 7, 17",
     "init.c_gap": "Fig. 7, 17",
@@ -58,34 +70,132 @@ def _label(value: object) -> str:
 
 def tail_figure(sweep: Sweep, lockin: pd.DataFrame) -> Figure:
     """P[K ≥ k] of each trial's pooled K on a semi-log axis with its fitted ĥ ĝ^(k−1) line,
-    one panel per value of the first grid axis (Fig. 3, 16)."""
+    one panel per value of the first grid axis, one colour per grid point (every varied field
+    but the seed, named in the legend); a panel without flips says so (Fig. 3, 16)."""
     flips = sweep.flips(tensors=[POOLED], trials=list(sweep.trials["name"]))
     fits = lockin[lockin["tensor"] == POOLED].set_index("trial")
     axis = sweep.grid_axes[0] if sweep.grid_axes else None
     column = axis_column(axis) if axis else None
-    trials = sweep.trials.set_index("name")
+    trials = sweep.trials
     panels = sorted(trials[column].dropna().unique())[:MAX_PANELS] if column else [None]
-    figure, axes = plt.subplots(
-        1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False, layout="constrained"
-    )
-    for ax, value in zip(axes[0], panels, strict=True):
-        names = trials.index if value is None else trials.index[trials[column] == value]
-        for name in names[:MAX_LINES]:
-            hist = flips[flips["trial"] == name].sort_values("k")
-            if hist.empty or name not in fits.index:
-                continue
-            n = hist["count"].sum()
-            tail = hist["count"][::-1].cumsum()[::-1] / n
-            positive = hist["k"] >= 1
-            (line,) = ax.semilogy(hist["k"][positive], tail[positive], "o", ms=3, label=name)
-            k = np.arange(1, int(hist["k"].max()) + 1)
-            fitted = zig_tail(fits.loc[name, "h_hat"], fits.loc[name, "g_hat"], k)
-            ax.semilogy(k, np.where(fitted > 0, fitted, np.nan), "-", color=line.get_color())
+    columns = _point_columns(sweep)
+    figure, axes = _panel_grid(len(panels))
+    for ax, value in zip(axes, panels, strict=False):
+        shown = trials if value is None else trials[trials[column] == value]
+        _tail_panel(ax, _grid_points(shown, columns), flips, fits)
+        if columns != [column] and ax.get_legend_handles_labels()[1]:
+            _legend_below(figure, ax)
         ax.set_xlabel("k")
         ax.set_ylabel("P[K ≥ k]")
         ax.set_title(f"{axis.key} = {_label(value)}" if axis else sweep.name, fontsize=9)
     _caption(figure, "Tail of K (pooled) with the fitted ĥ ĝ^(k−1) (cf. Fig. 3, 16).")
     return figure
+
+
+def _legend_below(figure: Figure, ax: Axes) -> None:
+    """The legend under the panel's x label, whatever the panel's height."""
+    below = offset_copy(ax.transAxes, figure, y=-LEGEND_DROP_PT, units="points")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, 0), bbox_transform=below,
+              frameon=False)  # fmt: skip
+
+
+def _panel_grid(n: int) -> tuple[Figure, list[Axes]]:
+    """``n`` panels, at most PANELS_PER_ROW a row (the report shows figures at most ~12 in
+    wide), one alone wide enough for a legend naming several fields; unused panels hidden."""
+    rows, cols = math.ceil(n / PANELS_PER_ROW), min(n, PANELS_PER_ROW)
+    figure, grid = plt.subplots(
+        rows, cols, figsize=(max(4 * cols, 6), 3.8 * rows), squeeze=False, layout="constrained"
+    )
+    axes = list(grid.flat)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return figure, axes[:n]
+
+
+def _point_columns(sweep: Sweep) -> list[str]:
+    """The fields naming a grid point: its grid axes, or every varied field but the seed where
+    the grid axes alone would give two grid points one name."""
+    keys = sweep.group_columns
+    grid = [axis_column(axis) for axis in sweep.grid_axes if axis_column(axis) in keys]
+    trials = sweep.trials
+    if grid and _n_groups(trials, grid) == _n_groups(trials, keys):
+        return grid
+    return keys
+
+
+def _n_groups(trials: pd.DataFrame, columns: list[str]) -> int:
+    return trials.groupby(columns, dropna=False).ngroups
+
+
+def _point_label(columns: Sequence[str], values: Sequence[object]) -> str:
+    return ", ".join(
+        f"{c.removeprefix('config.')} = {_label(v)}" for c, v in zip(columns, values, strict=True)
+    )
+
+
+def _grid_points(trials: pd.DataFrame, columns: list[str]) -> list[tuple[str, pd.DataFrame]]:
+    """(label, trials) per grid point; without varied fields, per trial (named by itself)."""
+    if not columns:
+        return [(name, trials[trials["name"] == name]) for name in trials["name"]]
+    groups = trials.groupby(columns, dropna=False, sort=True)
+    return [(_point_label(columns, values), group) for values, group in groups]
+
+
+def _colors(n: int) -> list:
+    palette = plt.colormaps["tab10" if n <= 10 else "tab20"].colors
+    return [palette[i % len(palette)] for i in range(n)]
+
+
+def _tail_panel(
+    ax: Axes, points: list[tuple[str, pd.DataFrame]], flips: pd.DataFrame, fits: pd.DataFrame
+) -> None:
+    """At most MAX_LINES trials (every grid point's first seed before any second), one colour per
+    grid point, its first line carrying the label."""
+    shown = [(rank, i, name, label) for i, (label, group) in enumerate(points)
+             for rank, name in enumerate(group["name"])]  # fmt: skip
+    colors = _colors(len(points))
+    labelled: set[int] = set()
+    histograms = 0
+    for _, point, name, label in sorted(shown)[:MAX_LINES]:
+        hist = flips[flips["trial"] == name].sort_values("k")
+        if hist.empty or name not in fits.index:
+            continue
+        histograms += 1
+        first_label = label if point not in labelled else None
+        if _tail_line(ax, hist, fits.loc[name], colors[point], first_label):
+            labelled.add(point)
+    if labelled:
+        ax.set_yscale("log")
+        _integer_ticks(ax)
+    else:
+        _note(ax, NO_FLIPS if histograms else NO_HISTOGRAMS)
+
+
+def _tail_line(
+    ax: Axes, hist: pd.DataFrame, fit: pd.Series, color: object, label: str | None
+) -> bool:
+    """The empirical P[K ≥ k] for k ≥ 1 as points and the fitted tail as a line; False when
+    the histogram has no k ≥ 1 (nothing to draw)."""
+    positive = hist["k"] >= 1
+    if not positive.any():
+        return False
+    tail = hist["count"][::-1].cumsum()[::-1] / hist["count"].sum()
+    ax.plot(hist["k"][positive], tail[positive], "o", ms=3, color=color, label=label)
+    k = np.arange(1, int(hist["k"].max()) + 1)
+    fitted = zig_tail(fit["h_hat"], fit["g_hat"], k)
+    ax.plot(k, np.where(fitted > 0, fitted, np.nan), "-", color=color)
+    return True
+
+
+def _note(ax: Axes, text: str) -> None:
+    """An empty panel: the reason in its middle, no ticks pretending there is an axis."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _integer_ticks(ax: Axes) -> None:
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
 def _errorbar_lines(ax, summary: pd.DataFrame, x: str, y: str, by: str | None) -> None:
@@ -114,6 +224,8 @@ def hg_figure(sweep: Sweep, summary: pd.DataFrame, trials: pd.DataFrame, axis: A
                 ax.legend(fontsize=7)
         if log_spaced(axis):
             ax.set_xscale("symlog", linthresh=_smallest_positive(trials[column]))
+        elif pd.api.types.is_numeric_dtype(trials[column]):
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=HG_XTICKS))
         ax.set_xlabel(axis.key)
         ax.set_ylabel(name)
     figure_no = PAPER_FIGURE.get(axis.key, "")
@@ -129,35 +241,60 @@ def _smallest_positive(values: pd.Series) -> float:
 
 def pareto_figure(sweep: Sweep, x: str, y: str) -> Figure:
     """``y`` against ``x`` (both minimised), the non-dominated points ringed (Fig. 5, 18): seed
-    means with std error bars, one curve per value of the first grid field across the second;
-    for sampled axes (Optuna, random search) every trial as a point."""
+    means with std error bars, one colour per value of the first grid field and one marker per
+    value of the others, each grid point named in the legend by all its fields, a faint curve
+    through each colour; for sampled axes (Optuna, random search) every trial as a point."""
     figure, ax = plt.subplots(figsize=(5.5, 4))
     trials = sweep.trials
-    keys = sweep.group_columns
-    if any(is_sampled(a) for a in sweep.axes) or not keys:
+    if any(is_sampled(a) for a in sweep.axes) or not sweep.group_columns:
         points = trials[[x, y]].rename(columns={x: "x", y: "y"})
         ax.scatter(points["x"], points["y"], s=14, label="trials")
     else:
-        stats = trials.groupby(keys, dropna=False)[[x, y]].agg(["mean", "std"])
-        points = pd.DataFrame(
-            {"x": stats[(x, "mean")], "y": stats[(y, "mean")], "x_std": stats[(x, "std")],
-             "y_std": stats[(y, "std")]}
-        ).reset_index()  # fmt: skip
-        groups = points.groupby(keys[0], dropna=False) if len(keys) >= 2 else [(None, points)]
-        for value, group in groups:
-            group = group.sort_values(keys[1]) if len(keys) >= 2 else group
-            label = None if value is None else f"{keys[0].removeprefix('config.')}={_label(value)}"
-            ax.errorbar(group["x"], group["y"], xerr=group["x_std"].fillna(0),
-                        yerr=group["y_std"].fillna(0), marker="o", ms=4, capsize=3,
-                        label=label)  # fmt: skip
+        columns = _point_columns(sweep)
+        points = _grid_means(trials, columns, x, y)
+        _grid_point_markers(ax, points, columns)
     front = pareto_mask(points[["x", "y"]].to_numpy())
     ax.scatter(points.loc[front, "x"], points.loc[front, "y"], s=120, facecolors="none",
                edgecolors="black", label="non-dominated")  # fmt: skip
-    ax.legend(fontsize=7)
+    entries = len(ax.get_legend_handles_labels()[1])
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1),
+              ncol=math.ceil(entries / LEGEND_ROWS))  # fmt: skip
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     _caption(figure, f"Pareto front of {y} against {x}, both minimised (cf. Fig. 5, 18).")
     return figure
+
+
+def _grid_means(trials: pd.DataFrame, columns: list[str], x: str, y: str) -> pd.DataFrame:
+    """Per grid point: its fields, and x, y, x_std, y_std over seeds."""
+    stats = trials.groupby(columns, dropna=False)[[x, y]].agg(["mean", "std"])
+    return pd.DataFrame(
+        {"x": stats[(x, "mean")], "y": stats[(y, "mean")], "x_std": stats[(x, "std")],
+         "y_std": stats[(y, "std")]}
+    ).reset_index()  # fmt: skip
+
+
+def _codes(points: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    if not columns:
+        return np.zeros(len(points), dtype=int)
+    return points.groupby(columns, dropna=False, sort=True).ngroup().to_numpy()
+
+
+def _grid_point_markers(ax: Axes, points: pd.DataFrame, columns: list[str]) -> None:
+    """Colour from the first field, marker from the others: each grid point its own style."""
+    color_codes, marker_codes = _codes(points, columns[:1]), _codes(points, columns[1:])
+    colors = _colors(int(color_codes.max()) + 1)
+    for code in np.unique(color_codes) if len(columns) > 1 else ():
+        curve = points[color_codes == code].sort_values(columns[1:])
+        ax.plot(curve["x"], curve["y"], "-", color=colors[code], lw=1, alpha=0.35)
+    for row, color, marker in zip(points.to_dict("records"), color_codes, marker_codes,
+                                  strict=True):  # fmt: skip
+        ax.errorbar(row["x"], row["y"], xerr=np.nan_to_num(row["x_std"]),
+                    yerr=np.nan_to_num(row["y_std"]), fmt="none", ecolor=colors[color],
+                    alpha=0.5, capsize=2)  # fmt: skip
+        ax.plot(row["x"], row["y"], linestyle="none", marker=MARKERS[marker % len(MARKERS)],
+                ms=7, color=colors[color], mec="black", mew=0.5,
+                label=_point_label(columns, [row[c] for c in columns]))  # fmt: skip
 
 
 def k_histogram_figure(sweep: Sweep, lockin: pd.DataFrame) -> Figure:
@@ -175,6 +312,7 @@ def k_histogram_figure(sweep: Sweep, lockin: pd.DataFrame) -> Figure:
                     label=f"{regime} ({len(names)})" if first else None)  # fmt: skip
             first = False
     ax.set_yscale("log")
+    _integer_ticks(ax)
     ax.set_xlabel("K (effective sign flips)")
     ax.set_ylabel("fraction of scalars")
     ax.legend(fontsize=7)
