@@ -1,13 +1,22 @@
 """``signlock analyze``: a sweep's tables and figures under ``<sweep>/analysis/``.
 
-Pure files: the CLI logs them to the sweep's MLflow parent run. Running it again replaces the
-outputs (the folder is rewritten), so nothing is ever duplicated.
+Pure files: the CLI logs them to the sweep's MLflow parent run. Every flag is checked before
+anything is touched. The outputs are made in a temporary folder beside ``analysis/`` and swapped
+in at the end, so a failure leaves the previous analysis as it was; a partial analysis
+(``--what lockin`` or ``pareto``) replaces only the files it recomputes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
+import math
+import os
 import shutil
-from dataclasses import dataclass, field
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from numbers import Integral, Real
 from pathlib import Path
 
 import pandas as pd
@@ -16,10 +25,45 @@ from signlock.analysis import figures
 from signlock.analysis.pareto import pareto_front
 from signlock.analysis.sweep_data import POOLED, Sweep
 from signlock.analysis.tables import lockin_table, seed_summary
-from signlock.trainables.errors import ConfigError
+from signlock.trainables.errors import ConfigError, SignlockError
+from signlock.trainables.files import write_csv, write_parquet
 
 WHATS = ("lockin", "pareto", "all")
 OUTPUT_DIR = "analysis"
+# The files each part writes (and so replaces): a partial analysis leaves the others alone.
+OUTPUTS = {
+    "lockin": ("lockin.csv", "lockin.parquet", "seeds.csv", "seeds.parquet", "tail.png",
+               "k_histograms.png", "flips_over_time.png", "hg_vs_*.png"),
+    "pareto": ("pareto.csv", "pareto.parquet", "pareto.png"),
+}  # fmt: skip
+
+Publish = Callable[[Path, Mapping[str, float]], None]
+
+
+class NoFinishedTrialsError(SignlockError):
+    """Nothing to analyse yet (exit 1)."""
+
+    def __init__(self, sweep: Sweep) -> None:
+        super().__init__(
+            f"sweep {sweep.name} has no finished trials yet (0 of {sweep.n_planned}): "
+            "nothing to analyse"
+        )
+
+
+@dataclass(frozen=True)
+class AnalysisRequest:
+    """What ``signlock analyze`` was asked for (``y`` None: the sweep's validation metric)."""
+
+    what: str = "all"
+    x: str = "flip_mean"
+    y: str | None = None
+    confidence: float = 0.95
+    resamples: int = 1000
+    per_tensor_ci: bool = False
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return ("lockin", "pareto") if self.what == "all" else (self.what,)
 
 
 @dataclass
@@ -31,21 +75,43 @@ class AnalysisResult:
     n_missing: int = 0
 
 
-def _write_table(table: pd.DataFrame, directory: Path, stem: str, result: AnalysisResult) -> None:
-    for suffix, write in ((".csv", table.to_csv), (".parquet", table.to_parquet)):
-        path = directory / f"{stem}{suffix}"
-        write(path, index=False)
-        result.files.append(path)
+def _check_flags(request: AnalysisRequest) -> None:
+    if request.what not in WHATS:
+        raise ConfigError("--what", request.what, "one of " + ", ".join(WHATS))
+    confidence = request.confidence
+    if isinstance(confidence, bool) or not isinstance(confidence, Real):
+        raise ConfigError("--confidence", confidence, "a number in (0, 1)")
+    if not (math.isfinite(confidence) and 0 < confidence < 1):
+        raise ConfigError("--confidence", confidence, "a number in (0, 1)")
+    resamples = request.resamples
+    if isinstance(resamples, bool) or not isinstance(resamples, Integral) or resamples < 1:
+        raise ConfigError("--resamples", resamples, "an integer >= 1")
 
 
-def _figure(figure, directory: Path, stem: str, result: AnalysisResult) -> None:
-    result.files.append(figures.save(figure, directory / f"{stem}.png"))
+def metric_names(sweep: Sweep) -> list[str]:
+    """What ``--x``/``--y`` may name: the trials' numeric results (not their config fields)."""
+    numeric = sweep.trials.select_dtypes("number").columns
+    return sorted(str(c) for c in numeric if "." not in str(c))
 
 
 def _check_metric(sweep: Sweep, name: str, flag: str) -> None:
-    if name not in sweep.trials:
-        numeric = sorted(c for c in sweep.trials.select_dtypes("number") if "." not in c)
-        raise ConfigError(flag, name, "a trial metric: " + ", ".join(numeric))
+    allowed = metric_names(sweep)
+    if name not in allowed:
+        raise ConfigError(flag, name, "a trial metric: " + ", ".join(allowed))
+
+
+def check_request(sweep: Sweep, request: AnalysisRequest) -> AnalysisRequest:
+    """``request`` with ``y`` resolved, after checking every flag against ``sweep``; a sweep
+    without finished trials is :class:`NoFinishedTrialsError`. Touches nothing."""
+    _check_flags(request)
+    resolved = replace(request, y=request.y or sweep.validation_metric)
+    if resolved.x == resolved.y:
+        raise ConfigError("--y", resolved.y, f"a metric other than --x {resolved.x}")
+    if not len(sweep.trials):
+        raise NoFinishedTrialsError(sweep)
+    _check_metric(sweep, resolved.x, "--x")
+    _check_metric(sweep, resolved.y, "--y")
+    return resolved
 
 
 def run_analysis(
@@ -57,59 +123,119 @@ def run_analysis(
     confidence: float = 0.95,
     resamples: int = 1000,
     per_tensor_ci: bool = False,
+    publish: Publish | None = None,
 ) -> AnalysisResult:
-    """Tables (CSV and Parquet) and PNG figures of ``sweep``'s finished trials."""
-    if what not in WHATS:
-        raise ConfigError("--what", what, "one of " + ", ".join(WHATS))
-    if not 0 < confidence < 1:
-        raise ConfigError("--confidence", confidence, "a number in (0, 1)")
-    y = y or sweep.validation_metric
-    if len(sweep.trials):
-        _check_metric(sweep, x, "--x")
-        _check_metric(sweep, y, "--y")
-    directory = sweep.directory / OUTPUT_DIR
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
-    result = AnalysisResult(directory, n_trials=len(sweep.trials), n_missing=sweep.n_missing)
-    if not len(sweep.trials):
-        return result
-    lockin = lockin_table(
-        sweep, confidence=confidence, resamples=resamples, per_tensor_ci=per_tensor_ci
+    """Tables (CSV and Parquet) and PNG figures of ``sweep``'s finished trials into
+    ``<sweep>/analysis/``. ``publish(folder, metrics)`` (the CLI: log on MLflow) sees the new
+    files before they replace the old ones; if anything fails, ``analysis/`` is unchanged."""
+    asked = AnalysisRequest(
+        what=what, x=x, y=y, confidence=confidence, resamples=resamples,
+        per_tensor_ci=per_tensor_ci,
+    )  # fmt: skip
+    request = check_request(sweep, asked)
+    result = AnalysisResult(
+        sweep.directory / OUTPUT_DIR, n_trials=len(sweep.trials), n_missing=sweep.n_missing
     )
-    summary = seed_summary(sweep, lockin)
-    _write_table(summary, directory, "seeds", result)
-    if what in ("lockin", "all"):
-        _lockin_outputs(sweep, lockin, summary, directory, result)
-    if what in ("pareto", "all"):
-        front = pareto_front(sweep.trials, [y, x])
-        _write_table(front, directory, "pareto", result)
-        _figure(figures.pareto_figure(sweep, x, y), directory, "pareto", result)
-        result.metrics["analysis.pareto_size"] = float(len(front))
+    with _staging(sweep.directory) as stage:
+        written = _write_outputs(sweep, request, stage, result)
+        if publish is not None:
+            publish(stage, result.metrics)
+        result.files = _swap_in(stage, written, result.directory, request.parts)
+    return result
+
+
+def _write_outputs(
+    sweep: Sweep, request: AnalysisRequest, stage: Path, result: AnalysisResult
+) -> list[str]:
+    written: list[str] = []
+    if "lockin" in request.parts:
+        _lockin_outputs(sweep, request, stage, written, result.metrics)
+    if "pareto" in request.parts:
+        _pareto_outputs(sweep, request, stage, written, result.metrics)
     result.metrics["analysis.trials"] = float(result.n_trials)
     result.metrics["analysis.trials_missing"] = float(result.n_missing)
-    return result
+    return written
+
+
+@contextlib.contextmanager
+def _staging(sweep_dir: Path) -> Iterator[Path]:
+    """A fresh hidden folder beside ``analysis/``, removed afterwards whatever happens."""
+    stage = Path(tempfile.mkdtemp(dir=sweep_dir, prefix=f".{OUTPUT_DIR}."))
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _owned(name: str, parts: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatch(name, pattern) for part in parts for pattern in OUTPUTS[part])
+
+
+def _swap_in(stage: Path, names: list[str], directory: Path, parts: tuple[str, ...]) -> list[Path]:
+    """Move the new files into ``directory`` (each by an atomic rename) and remove the files of
+    the recomputed parts that this analysis no longer writes; the other files stay."""
+    directory.mkdir(exist_ok=True)
+    stale = [p for p in directory.iterdir() if _owned(p.name, parts) and p.name not in names]
+    for name in names:
+        os.replace(stage / name, directory / name)
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return [directory / name for name in names]
+
+
+def _write_table(table: pd.DataFrame, stage: Path, stem: str, written: list[str]) -> None:
+    write_csv(table, stage / f"{stem}.csv")
+    write_parquet(table, stage / f"{stem}.parquet")
+    written += [f"{stem}.csv", f"{stem}.parquet"]
+
+
+def _figure(figure, stage: Path, stem: str, written: list[str]) -> None:
+    figures.save(figure, stage / f"{stem}.png")
+    written.append(f"{stem}.png")
+
+
+def _pareto_outputs(
+    sweep: Sweep,
+    request: AnalysisRequest,
+    stage: Path,
+    written: list[str],
+    metrics: dict[str, float],
+) -> None:
+    y = request.y or sweep.validation_metric
+    front = pareto_front(sweep.trials, [y, request.x])
+    _write_table(front, stage, "pareto", written)
+    _figure(figures.pareto_figure(sweep, request.x, y), stage, "pareto", written)
+    metrics["analysis.pareto_size"] = float(len(front))
 
 
 def _lockin_outputs(
     sweep: Sweep,
-    lockin: pd.DataFrame,
-    summary: pd.DataFrame,
-    directory: Path,
-    result: AnalysisResult,
+    request: AnalysisRequest,
+    stage: Path,
+    written: list[str],
+    metrics: dict[str, float],
 ) -> None:
-    _write_table(lockin, directory, "lockin", result)
-    _figure(figures.tail_figure(sweep, lockin), directory, "tail", result)
-    _figure(figures.k_histogram_figure(sweep, lockin), directory, "k_histograms", result)
-    _figure(figures.flips_over_time_figure(sweep), directory, "flips_over_time", result)
+    lockin = lockin_table(
+        sweep,
+        confidence=request.confidence,
+        resamples=request.resamples,
+        per_tensor_ci=request.per_tensor_ci,
+    )
+    summary = seed_summary(sweep, lockin)
+    _write_table(lockin, stage, "lockin", written)
+    _write_table(summary, stage, "seeds", written)
+    _figure(figures.tail_figure(sweep, lockin), stage, "tail", written)
+    _figure(figures.k_histogram_figure(sweep, lockin), stage, "k_histograms", written)
+    _figure(figures.flips_over_time_figure(sweep), stage, "flips_over_time", written)
+    pooled = lockin[lockin["tensor"] == POOLED].set_index("trial")
     trials = sweep.trials.assign(
-        h_hat=sweep.trials["name"].map(lockin[lockin.tensor == POOLED].set_index("trial")["h_hat"]),
-        g_hat=sweep.trials["name"].map(lockin[lockin.tensor == POOLED].set_index("trial")["g_hat"]),
+        h_hat=sweep.trials["name"].map(pooled["h_hat"]),
+        g_hat=sweep.trials["name"].map(pooled["g_hat"]),
     )
     for axis in sweep.figure_axes:
         stem = "hg_vs_" + axis.key.replace(".", "_")
-        _figure(figures.hg_figure(sweep, summary, trials, axis), directory, stem, result)
-    pooled = lockin[lockin["tensor"] == POOLED]
-    result.metrics.update(
+        _figure(figures.hg_figure(sweep, summary, trials, axis), stage, stem, written)
+    metrics.update(
         {
             "analysis.h_hat_mean": float(pooled["h_hat"].mean()),
             "analysis.g_hat_mean": float(pooled["g_hat"].mean()),

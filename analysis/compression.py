@@ -34,10 +34,12 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogFormatter
 
 from signlock.analysis.bit_accounting import DEFAULT_BUDGETS, BitAccount
 from signlock.analysis.compressors import METHODS, Compressed, MatrixContext, Unreachable
 from signlock.trainables.errors import ConfigError
+from signlock.trainables.files import atomic_path, load_torch_file, write_parquet
 
 COLUMNS = (
     "trial", "seed", "method", "bpw_target", "bpw_eff", "sign_bits", "value_bits", "index_bits",
@@ -77,6 +79,26 @@ def validate_budgets(budgets: Iterable[float]) -> tuple[float, ...]:
     return chosen
 
 
+def validate_targets(run_dirs: Iterable[Path], targets: tuple[str, ...]) -> tuple[str, ...]:
+    """``targets`` checked against every trial's model, built from its ``config.json`` on the
+    meta device (no weights, no data), before any task starts: one-line ConfigError."""
+    from signlock.trainables.models import build_model
+    from signlock.trainables.trainer import load_run_config
+
+    if not targets:
+        return targets
+    checked: set[str] = set()
+    for run_dir in run_dirs:
+        model_cfg = load_run_config(run_dir).model
+        key = repr(model_cfg)
+        if key in checked:
+            continue
+        checked.add(key)
+        # Parameter names do not depend on the vocabulary size (taken from the data at run time).
+        target_matrices(build_model(model_cfg, vocab_size=1, device="meta"), targets)
+    return targets
+
+
 # ---- one trial --------------------------------------------------------------------------------
 
 
@@ -88,7 +110,7 @@ def compress_trial(job: CompressionJob) -> list[dict[str, Any]]:
     run_dir = Path(job.run_dir)
     cfg = load_run_config(run_dir).with_overrides({"device": "cpu"})
     trial = Trial(cfg, run_dir, progress=False)
-    state = torch.load(run_dir / "checkpoints" / "latest.pt", map_location="cpu", weights_only=True)
+    state = load_torch_file(run_dir / "checkpoints" / "latest.pt", map_location="cpu")
     trial.model.load_state_dict(state["model"])
     targets = target_matrices(trial.model, job.targets)
     originals = {name: p.detach().clone() for name, p in targets}
@@ -276,9 +298,7 @@ def merge_rows(table: pd.DataFrame, rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 def write_table(table: pd.DataFrame, path: Path) -> None:
     """Atomically, so an interrupted run keeps the rows it had."""
-    temporary = path.with_suffix(".tmp")
-    table.to_parquet(temporary, index=False)
-    temporary.replace(path)
+    write_parquet(table, path)
 
 
 def run_compression(
@@ -337,15 +357,30 @@ def _draw_point(axis: Any, rows: pd.DataFrame, metric_name: str) -> None:
         axis.axhline(baseline.mean(), color="grey", linestyle=":", label="uncompressed")
     if metric_name == "val_ppl":
         axis.set_yscale("log")
+        axis.yaxis.set_major_formatter(PlainLogFormatter(labelOnlyBase=False))
+        axis.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
     axis.set_xlabel("effective bits per weight (bpw_eff)")
     axis.grid(alpha=0.3)
+
+
+class PlainLogFormatter(LogFormatter):
+    """Matplotlib's choice of which log-axis ticks to label, written as plain numbers (48, not
+    4.8×10¹)."""
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return plain_number(x) if super().__call__(x, pos) else ""
+
+
+def plain_number(x: float) -> str:
+    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
 
 
 def save_figure(table: pd.DataFrame, points: dict[str, str], path: Path) -> Path | None:
     figure = compression_figure(table, points)
     if figure is None:
         return None
-    figure.savefig(path, dpi=110, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(figure)
     return path
 

@@ -8,7 +8,7 @@ values, never on the number of tracked scalars.
   P[K=k] = h(1−g)g^(k−1) for k ≥ 1.
 - :func:`bootstrap` — a percentile interval for (ĥ, ĝ) by multinomial resampling of the histogram.
 - :func:`goodness_of_fit` — Pearson's χ² of the histogram against the fitted law, sparse tail bins
-  pooled.
+  pooled; not applicable (with the reason) when no degree of freedom is left, e.g. ĝ = 0.
 - :func:`floating_test` — geometric lock-in tail or the broad, binomial-shaped histogram of the
   sign-floating regime (Theorem D.33): a likelihood ratio of the geometric law of K−1 | K ≥ 1
   against the negative binomial family that nests it (shape r = 1 is the geometric; r > 1 is
@@ -18,6 +18,7 @@ values, never on the number of tracked scalars.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Integral
 
 import numpy as np
 import numpy.typing as npt
@@ -77,6 +78,8 @@ def bootstrap(
     from the observed histogram (one multinomial draw over its distinct values)."""
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
+    if isinstance(resamples, bool) or not isinstance(resamples, Integral) or resamples < 1:
+        raise ValueError(f"resamples must be an integer >= 1, got {resamples!r}")
     ks, counts = _histogram(k, count)
     n = int(counts.sum())
     draws = np.random.default_rng(seed).multinomial(n, counts / n, size=resamples)
@@ -101,17 +104,35 @@ def zig_probabilities(h: float, g: float, k: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class GoodnessOfFit:
-    statistic: float  # Pearson's χ²
-    dof: int
-    p_value: float
+    statistic: float  # Pearson's χ² (NaN when the test does not apply)
+    dof: int | None  # ≥ 1; None when the test does not apply
+    p_value: float  # NaN when the test does not apply
     bins: int  # after pooling the sparse tail
+    reason: str | None = None  # why the test does not apply (None when it does)
+
+    @property
+    def applicable(self) -> bool:
+        return self.dof is not None
+
+
+def _not_applicable_reason(fitted: ZigFit, bins: int) -> str:
+    """Why fewer than one degree of freedom is left: the histogram has too few distinct, well
+    filled bins for a two-parameter law (typically every flipped scalar flipped once: ĝ = 0)."""
+    if fitted.n_positive == 0:
+        cause = "no scalar flipped (h_hat = 0)"
+    elif fitted.g == 0:
+        cause = "g_hat = 0 (every scalar that flipped has K = 1)"
+    else:
+        cause = f"too few scalars for bins expecting >= {MIN_EXPECTED:g} each"
+    return f"not applicable: {cause}; {bins} bin(s) leave no degree of freedom for h and g"
 
 
 def goodness_of_fit(k: npt.ArrayLike, count: npt.ArrayLike) -> GoodnessOfFit:
     """Pearson's χ² of the observed histogram against the fitted ZIG law. Bins k = 0 … max K
     and "K > max K"; adjacent bins are merged from the left until each expects ≥ 5 scalars (the
-    remainder joins the last bin). Degrees of freedom = bins − 1 − 2 fitted parameters (NaN
-    p-value when none are left)."""
+    remainder joins the last bin). Degrees of freedom = bins − 1 − 2 fitted parameters; when
+    fewer than one is left the test does not apply: NaN statistic and p-value, ``dof`` None and
+    the ``reason``."""
     ks, counts = _histogram(k, count)
     fitted = fit(ks, counts)
     n = fitted.n
@@ -134,10 +155,12 @@ def goodness_of_fit(k: npt.ArrayLike, count: npt.ArrayLike) -> GoodnessOfFit:
     else:
         observed, expected = [pending_obs], [pending_exp]
     obs, exp = np.array(observed), np.array(expected)
-    statistic = float((((obs - exp) ** 2) / np.where(exp > 0, exp, np.inf)).sum())
     dof = len(obs) - 1 - N_FITTED
-    p_value = float(stats.chi2.sf(statistic, dof)) if dof > 0 else float("nan")
-    return GoodnessOfFit(statistic, dof, p_value, len(obs))
+    if dof < 1:
+        reason = _not_applicable_reason(fitted, len(obs))
+        return GoodnessOfFit(float("nan"), None, float("nan"), len(obs), reason)
+    statistic = float((((obs - exp) ** 2) / np.where(exp > 0, exp, np.inf)).sum())
+    return GoodnessOfFit(statistic, dof, float(stats.chi2.sf(statistic, dof)), len(obs))
 
 
 def _negative_binomial_log_likelihood(r: float, ys: np.ndarray, counts: np.ndarray) -> float:

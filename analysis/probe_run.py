@@ -12,14 +12,29 @@ Sources (each becomes one or two probed weight sets, its "source" label):
 
 Outputs: ``svd_error.csv`` (source, matrix, q, r, E_r_S, E_r_A; matrix ``__mean__`` rows are the
 average over the source's matrices), ``ks.json``, ``entropy.json``, ``codecs.csv`` (source,
-matrix, codec, bytes, ratio; ``__pooled__`` rows per source and codec; Table 2's reference rows
-under source ``reference``), ``svd_error.png``, ``ks_cdf.png``, ``codecs.png``.
+matrix, codec, bytes, ratio, paper_ratio, note; ``__pooled__`` rows per source and codec; Table
+2's reference rows under source ``reference``: ``ratio`` is signlock's measurement of its own
+reference field, ``paper_ratio`` the paper's printed value, ``note`` how the field was drawn),
+``svd_error.png``, ``ks_cdf.png``, ``codecs.png`` (both ratios of each reference row). The
+directory is created only when every source has been probed.
+
+Every input is checked before any work, without loading it: a truncated, garbage or foreign file
+is one line naming it (exit 2 for a file named on the command line, 1 for a run directory's
+checkpoint), pickles are never unpickled beyond ``weights_only``, and a source whose tensors
+(from a safetensors header or a checkpoint's zip records) exceed the memory this process may
+still allocate (:func:`available_memory`) is refused. A source without matrix-shaped tensors is
+an error (exit 2).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import re
+import resource
+import struct
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,9 +50,24 @@ import torch
 from tqdm.auto import tqdm
 
 from signlock.analysis import probes
-from signlock.trainables.errors import ConfigError
+from signlock.trainables.errors import (
+    ConfigError,
+    InputNotFoundError,
+    SignlockError,
+    UsageError,
+)
+from signlock.trainables.files import (
+    UnreadableFileError,
+    atomic_path,
+    load_torch_file,
+    write_csv,
+    write_text,
+)
 
 NamedTensors = list[tuple[str, torch.Tensor]]
+CODEC_COLUMNS = (
+    "source", "matrix", "codec", "compressed_bytes", "raw_bytes", "ratio", "paper_ratio", "note",
+)  # fmt: skip
 POOLED = "__pooled__"
 MEAN = "__mean__"
 REFERENCE = "reference"
@@ -45,8 +75,13 @@ REFERENCE = "reference"
 
 @dataclass(frozen=True)
 class ProbeSource:
+    """One probed weight set: ``check`` validates its files without loading them and returns the
+    bytes ``load`` would read into memory; ``path`` is what its errors name."""
+
     label: str
+    path: Path
     load: Callable[[], NamedTensors]
+    check: Callable[[], int]
 
 
 @dataclass
@@ -54,6 +89,154 @@ class ProbeResult:
     directory: Path
     files: list[Path] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+class UnreadableInputError(UsageError):
+    """A weights file named on the command line is truncated, garbage or holds Python objects
+    (one line naming it, exit 2)."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path = path
+        super().__init__(f"unreadable file {path}: {reason}")
+
+
+class NoMatricesError(UsageError):
+    def __init__(self, path: object, note: str = "") -> None:
+        self.path = path
+        super().__init__(f"no matrix-shaped tensors in {path}{note}")
+
+
+class NotEnoughMemoryError(SignlockError):
+    def __init__(self, path: object, needed: int, available: int) -> None:
+        super().__init__(
+            f"{path} would load {needed / GIB:.2f} GiB of tensors, more than the "
+            f"{available / GIB:.2f} GiB of memory available; probe it on a larger machine"
+        )
+
+
+@contextlib.contextmanager
+def named_input() -> Iterator[None]:
+    """A file the user named: unreadable is a usage error (exit 2), not a failure (exit 1)."""
+    try:
+        yield
+    except UnreadableFileError as error:
+        raise UnreadableInputError(error.path, error.reason) from None
+
+
+# ---- file formats (read without loading) ------------------------------------------------------
+
+GIB = 1 << 30
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+SAFETENSORS_HEADER_LIMIT = 100 << 20  # safetensors' own limit on the JSON header
+ZIP_MAGIC = b"PK\x03\x04"
+LEGACY_TORCH_MAGIC = b"\x80\x02"  # pickle protocol 2: torch.save's pre-1.6 format
+TORCH_STORAGE = re.compile(r"(^|/)data/\d+$")
+
+
+def safetensors_data_bytes(path: Path) -> int:
+    """The tensor bytes a safetensors file holds, from its header alone (8-byte little-endian
+    length, then JSON); a truncated or garbage file is one line naming it."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise UnreadableFileError(path, "too short for a safetensors header")
+        (length,) = struct.unpack("<Q", prefix)
+        if length > min(size - 8, SAFETENSORS_HEADER_LIMIT):
+            raise UnreadableFileError(path, "truncated or not a safetensors file (header length)")
+        try:
+            header = json.loads(handle.read(length))
+        except ValueError:
+            raise UnreadableFileError(path, "not a safetensors file (header is not JSON)") from None
+    end = _safetensors_extent(path, header)
+    if 8 + length + end > size:
+        held = size - 8 - length
+        reason = f"truncated: its header describes {end} bytes of tensors, it holds {held}"
+        raise UnreadableFileError(path, reason)
+    return end
+
+
+def _safetensors_extent(path: Path, header: object) -> int:
+    if not isinstance(header, dict):
+        raise UnreadableFileError(path, "not a safetensors file (header is not a JSON object)")
+    end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        valid = isinstance(offsets, list) and len(offsets) == 2
+        if not valid or not all(isinstance(v, int) and v >= 0 for v in offsets):
+            raise UnreadableFileError(path, f"not a safetensors file (entry {name!r})")
+        if offsets[1] < offsets[0]:
+            raise UnreadableFileError(path, f"not a safetensors file (entry {name!r})")
+        end = max(end, offsets[1])
+    return end
+
+
+def torch_file_bytes(path: Path) -> int:
+    """The tensor bytes ``torch.load`` would read from a checkpoint (its zip's storage records;
+    the file's size for the legacy format); anything else is one line naming the file."""
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                infos = archive.infolist()
+        except (zipfile.BadZipFile, OSError, ValueError) as error:
+            raise UnreadableFileError(path, f"truncated torch checkpoint ({error})") from None
+        return sum(info.file_size for info in infos if TORCH_STORAGE.search(info.filename))
+    if magic == ZIP_MAGIC:
+        raise UnreadableFileError(path, "truncated torch checkpoint (its zip directory is missing)")
+    if magic.startswith(LEGACY_TORCH_MAGIC):
+        return path.stat().st_size
+    raise UnreadableFileError(path, "neither a torch checkpoint nor a safetensors file")
+
+
+def is_safetensors(path: Path) -> bool:
+    if path.suffix == ".safetensors":
+        return True
+    try:
+        safetensors_data_bytes(path)
+    except UnreadableFileError:
+        return False
+    return True
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate: the least of MemAvailable, what RLIMIT_AS leaves
+    above the current address space and what the cgroup leaves (None: none of them known)."""
+    known = [v for v in (_mem_available(), _address_space_left(), _cgroup_left()) if v is not None]
+    return min(known) if known else None
+
+
+def _proc_field(path: str, name: str) -> int | None:
+    """A ``Name:   123 kB`` field of a /proc file, in bytes."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(f"{name}:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+def _mem_available() -> int | None:
+    return _proc_field("/proc/meminfo", "MemAvailable")
+
+
+def _address_space_left() -> int | None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    used = _proc_field("/proc/self/status", "VmSize")
+    if soft == resource.RLIM_INFINITY or used is None:
+        return None
+    return max(0, soft - used)
+
+
+def _cgroup_left() -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            return max(0, int(limit) - used)
+    return None
 
 
 # ---- sources ----------------------------------------------------------------------------------
@@ -64,7 +247,7 @@ def is_run_directory(path: Path) -> bool:
 
 
 def checkpoint_weights(path: Path) -> NamedTensors:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = _load_checkpoint(path)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     elif isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
@@ -74,10 +257,28 @@ def checkpoint_weights(path: Path) -> NamedTensors:
     return [(k, v) for k, v in state.items() if isinstance(v, torch.Tensor)]
 
 
+def _load_checkpoint(path: Path) -> object:
+    torch_file_bytes(path)
+    try:
+        return load_torch_file(path, map_location="cpu")
+    except (KeyError, IndexError, TypeError, AttributeError, struct.error) as error:
+        # torch's restricted unpickler meets garbage with errors load_torch_file does not expect
+        reason = f"not a torch checkpoint ({type(error).__name__})"
+        raise UnreadableFileError(path, reason) from None
+
+
 def safetensors_weights(paths: list[Path]) -> NamedTensors:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    return [item for path in sorted(paths) for item in load_file(str(path)).items()]
+    weights: NamedTensors = []
+    for path in sorted(paths):
+        safetensors_data_bytes(path)
+        try:
+            weights += list(load_file(str(path)).items())
+        except SafetensorError as error:
+            raise UnreadableFileError(path, f"not a safetensors file ({error})") from None
+    return weights
 
 
 def initial_weights(run_dir: Path) -> NamedTensors:
@@ -96,10 +297,42 @@ def initial_weights(run_dir: Path) -> NamedTensors:
 
 def run_sources(run_dir: Path, label: str) -> list[ProbeSource]:
     final = run_dir / "checkpoints" / "latest.pt"
+
+    def size() -> int:  # the model alone is at most its checkpoint
+        return torch_file_bytes(final)
+
     return [
-        ProbeSource(f"{label}/initial", lambda: initial_weights(run_dir)),
-        ProbeSource(f"{label}/final", lambda: checkpoint_weights(final)),
+        ProbeSource(f"{label}/initial", run_dir, lambda: initial_weights(run_dir), size),
+        ProbeSource(f"{label}/final", final, lambda: checkpoint_weights(final), size),
     ]
+
+
+def file_source(path: Path, label: str) -> ProbeSource:
+    """A weights file named on the command line: its errors are usage errors (exit 2)."""
+
+    def load() -> NamedTensors:
+        with named_input():
+            if is_safetensors(path):
+                return safetensors_weights([path])
+            return checkpoint_weights(path)
+
+    def check() -> int:
+        with named_input():
+            return safetensors_data_bytes(path) if is_safetensors(path) else torch_file_bytes(path)
+
+    return ProbeSource(label, path, load, check)
+
+
+def shards_source(directory: Path, shards: list[Path]) -> ProbeSource:
+    def load() -> NamedTensors:
+        with named_input():
+            return safetensors_weights(shards)
+
+    def check() -> int:
+        with named_input():
+            return sum(safetensors_data_bytes(shard) for shard in shards)
+
+    return ProbeSource(directory.name, directory, load, check)
 
 
 def resolve_sources(path_text: str, storage: Path) -> list[ProbeSource]:
@@ -108,12 +341,11 @@ def resolve_sources(path_text: str, storage: Path) -> list[ProbeSource]:
     if path.is_dir() and is_run_directory(path):
         return run_sources(path, path.name)
     if path.is_dir() and sorted(path.glob("*.safetensors")):
-        shards = sorted(path.glob("*.safetensors"))
-        return [ProbeSource(path.name, lambda: safetensors_weights(shards))]
-    if path.is_file() and path.suffix == ".safetensors":
-        return [ProbeSource(path.stem, lambda: safetensors_weights([path]))]
+        return [shards_source(path, sorted(path.glob("*.safetensors")))]
     if path.is_file():
-        return [ProbeSource(path.stem, lambda: checkpoint_weights(path))]
+        return [file_source(path, path.stem)]
+    if path.suffix in WEIGHT_SUFFIXES:
+        raise InputNotFoundError(path_text)
     return sweep_sources(path_text, storage)
 
 
@@ -136,6 +368,15 @@ def sweep_sources(name_or_path: str, storage: Path) -> list[ProbeSource]:
         if is_run_directory(runs / trial)
         for source in run_sources(runs / trial, trial)
     ]
+
+
+def check_sources(sources: list[ProbeSource]) -> None:
+    """Every source's files readable and small enough to load (one at a time) before any work."""
+    sizes = [(source.check(), source.path) for source in sources]
+    available = available_memory()
+    for needed, path in sizes:
+        if available is not None and needed > available:
+            raise NotEnoughMemoryError(path, needed, available)
 
 
 # ---- probing ----------------------------------------------------------------------------------
@@ -196,7 +437,10 @@ def pooled_rows(label: str, rows: list[dict[str, object]]) -> list[dict[str, obj
 def probe_one(
     source: ProbeSource, options: ProbeOptions
 ) -> tuple[list[dict], dict, dict, list[dict], probes.KsResult | None]:
-    matrices = probes.extract_matrices(source.load(), options.excluded)
+    named = source.load()
+    matrices = probes.extract_matrices(named, options.excluded)
+    if not matrices:
+        raise NoMatricesError(source.path, _exclusion_note(named, options.excluded))
     label = source.label
     signs = [(name, probes.sign_matrix(m)) for name, m in matrices]
     ks = probes.ks_test(signs[: options.top_ks], seed=options.seed)
@@ -210,33 +454,50 @@ def probe_one(
     return svd, ks_json, entropy_json, codecs, ks
 
 
+def _exclusion_note(named: NamedTensors, excluded: tuple[str, ...]) -> str:
+    if any(probes.as_matrix(tensor) is not None for _, tensor in named):
+        return f" outside --exclude ({', '.join(excluded)})"
+    return ""
+
+
 def run_probe(sources: list[ProbeSource], out: Path, options: ProbeOptions) -> ProbeResult:
-    """Probe every source; write the tables, JSON and figures into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Probe every source; write the tables, JSON and figures into ``out`` (created only once
+    every source has been probed, so a failed probe leaves nothing behind)."""
+    check_sources(sources)
     result = ProbeResult(out)
     svd, codecs = [], []
     ks_all, entropy_all, ks_values = {}, {}, {}
-    for source in tqdm(sources, desc="probe", unit="source", leave=False):
-        rows, ks_json, entropy_json, codec_rows, ks = probe_one(source, options)
-        svd += rows
-        codecs += codec_rows
-        ks_all[source.label] = ks_json
-        entropy_all[source.label] = entropy_json
-        if ks is not None:
-            ks_values[source.label] = ks
-        result.metrics.update(source_metrics(source.label, ks_json, entropy_json, codec_rows))
+    # A bar on terminals only, closed (and erased) before an error's one line is printed.
+    with tqdm(sources, desc="probe", unit="source", leave=False, disable=None) as bar:
+        for source in bar:
+            rows, ks_json, entropy_json, codec_rows, ks = probe_one(source, options)
+            svd += rows
+            codecs += codec_rows
+            ks_all[source.label] = ks_json
+            entropy_all[source.label] = entropy_json
+            if ks is not None:
+                ks_values[source.label] = ks
+            result.metrics.update(source_metrics(source.label, ks_json, entropy_json, codec_rows))
     if options.references:
         codecs += reference_rows()
-    write_outputs(result, pd.DataFrame(svd), ks_all, entropy_all, pd.DataFrame(codecs), ks_values)
+    table = pd.DataFrame(codecs).reindex(columns=CODEC_COLUMNS)
+    write_outputs(result, pd.DataFrame(svd), ks_all, entropy_all, table, ks_values)
     return result
 
 
 def reference_rows() -> list[dict[str, object]]:
-    return [
-        {"source": REFERENCE, **row}
-        for name, field_of in probes.REFERENCE_FIELDS.items()
-        for row in probes.codec_rows(name, field_of())
-    ]
+    """Table 2's reference fields as signlock draws and measures them (``ratio``), beside the
+    paper's printed ratio (``paper_ratio``) and how the field was drawn (``note``)."""
+    rows = []
+    for name, field_of in probes.REFERENCE_FIELDS.items():
+        signs = field_of()
+        note = probes.reference_note(name, signs)
+        rows += [
+            {"source": REFERENCE, **row, "paper_ratio": probes.paper_ratio(name, row["codec"]),
+             "note": note}
+            for row in probes.codec_rows(name, signs)
+        ]  # fmt: skip
+    return rows
 
 
 def source_metrics(label: str, ks: dict, entropy: dict, codecs: list[dict]) -> dict[str, float]:
@@ -265,11 +526,12 @@ def write_outputs(
     ks_values: dict[str, probes.KsResult],
 ) -> None:
     out = result.directory
+    out.mkdir(parents=True, exist_ok=True)
     for name, frame in (("svd_error.csv", svd), ("codecs.csv", codecs)):
-        frame.to_csv(out / name, index=False)
+        write_csv(frame, out / name)
         result.files.append(out / name)
     for name, payload in (("ks.json", ks), ("entropy.json", entropy)):
-        (out / name).write_text(json.dumps(payload, indent=2, default=_json_number))
+        write_text(out / name, json.dumps(payload, indent=2, default=_json_number))
         result.files.append(out / name)
     for name, draw in (
         ("svd_error.png", lambda: svd_figure(svd)),
@@ -278,7 +540,8 @@ def write_outputs(
     ):
         figure = draw()
         if figure is not None:
-            figure.savefig(out / name, dpi=110, bbox_inches="tight")
+            with atomic_path(out / name) as tmp:
+                figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
             plt.close(figure)
             result.files.append(out / name)
 
@@ -318,20 +581,66 @@ def ks_figure(ks_values: dict[str, probes.KsResult]):
 
 
 def codec_figure(codecs: pd.DataFrame):
-    pooled = codecs[(codecs.matrix == POOLED) | (codecs.source == REFERENCE)]
-    if pooled.empty:
+    """Pooled ratios per source and codec; each Table 2 reference row twice, as signlock
+    measures it and as the paper prints it, with how signlock drew it in a note."""
+    cells, notes = codec_cells(codecs)
+    if cells.empty:
         return None
-    labels = [row.matrix if row.source == REFERENCE else row.source for row in pooled.itertuples()]
-    table = pooled.assign(row=labels).pivot_table(index="row", columns="codec", values="ratio")
-    figure, axis = plt.subplots(figsize=(1.0 + 0.8 * table.shape[1], 0.6 + 0.4 * len(table)))
-    image = axis.imshow(table.values, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    table = cells.pivot_table(
+        index="row", columns="codec", values="ratio", aggfunc="mean", dropna=False, sort=False
+    )
+    figure, axis = plt.subplots(figsize=(3.0 + 0.8 * table.shape[1], 1.0 + 0.4 * len(table)))
+    cmap = plt.get_cmap(CODEC_CMAP).with_extremes(bad="0.85")
+    image = axis.imshow(table.values, cmap=cmap, vmin=0, vmax=1, aspect="auto")
     axis.set_xticks(range(table.shape[1]), table.columns, rotation=45, ha="right", fontsize=7)
     axis.set_yticks(range(len(table)), table.index, fontsize=7)
     for (i, j), value in np.ndenumerate(table.values):
-        axis.text(j, i, f"{value:.3f}", ha="center", va="center", fontsize=6, color="w")
+        text = "–" if math.isnan(value) else f"{value:.3f}"
+        color = text_color(cmap(image.norm(value)) if not math.isnan(value) else (0.85,) * 3)
+        axis.text(j, i, text, ha="center", va="center", fontsize=6, color=color)
     figure.colorbar(image, label="compressed / raw")
-    axis.set_title("Sign bits through lossless codecs (Table 2)")
+    printed = any(str(row).startswith(PRINTED) for row in table.index)
+    axis.set_title(CODEC_TITLE + (": signlock measured, paper printed" if printed else ""))
+    if notes:  # as the x label, so it sits below the rotated codec names
+        axis.set_xlabel("\n".join(notes), fontsize=7, loc="left")
     return figure
+
+
+CODEC_CMAP = "viridis"
+CODEC_TITLE = "Sign bits through lossless codecs (Table 2)"
+MEASURED, PRINTED = "signlock: ", "paper: "
+
+
+def codec_cells(codecs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """(row, codec, ratio) cells of the codec figure, and the notes of its starred rows."""
+    pooled = codecs[codecs.matrix == POOLED]
+    cells = [pooled.assign(row=pooled.source)[["row", "codec", "ratio"]]]
+    notes = []
+    reference = codecs[codecs.source == REFERENCE]
+    for name, rows in reference.groupby("matrix", sort=False):
+        note = next((str(n) for n in rows.note if isinstance(n, str) and n), "")
+        star = " " + "*" * (len(notes) + 1) if note else ""
+        if note:
+            notes.append(f"{star.strip()} {note}")
+        cells.append(rows.assign(row=f"{MEASURED}{name}{star}")[["row", "codec", "ratio"]])
+        printed = rows.assign(row=f"{PRINTED}{name}", ratio=rows.paper_ratio)
+        if printed.ratio.notna().any():
+            cells.append(printed[["row", "codec", "ratio"]])
+    return pd.concat(cells, ignore_index=True), notes
+
+
+def text_color(background: tuple[float, ...]) -> str:
+    """Dark text on light cells, white on dark ones (by the cell's relative luminance)."""
+    return "black" if relative_luminance(background) > DARK_TEXT_LUMINANCE else "white"
+
+
+DARK_TEXT_LUMINANCE = 0.179  # where black and white text have equal WCAG contrast
+
+
+def relative_luminance(color: tuple[float, ...]) -> float:
+    """WCAG 2's relative luminance of an sRGB colour."""
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in color[:3]]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
 
 
 def _limited(items) -> Iterator:

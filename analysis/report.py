@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from signlock.analysis.sweep_data import POOLED, Sweep
+from signlock.analysis.sweep_data import POOLED, Sweep, read_parquet_file, restore_integers
+from signlock.trainables.files import UnreadableFileError, atomic_path
 
 REPORT_NAME = "report.html"
 STYLE = """
@@ -41,12 +42,18 @@ def _table(frame: pd.DataFrame, links: Mapping[str, str] | None = None) -> str:
     if frame.empty:
         return "<p class='muted'>(none)</p>"
     shown = frame.copy()
+    for column in shown.columns:  # integers stay integers; a missing value is an empty cell
+        if shown[column].dtype.kind != "f":
+            values = shown[column].astype(object)
+            shown[column] = values.where(values.notna(), "")
     if links and "name" in shown:
         shown["name"] = [
             f"<a href='{html.escape(links[n])}'>{html.escape(n)}</a>" if n in links else n
             for n in shown["name"]
         ]
-    table = shown.to_html(index=False, escape=False, float_format=lambda v: f"{v:.4g}", border=0)
+    table = shown.to_html(
+        index=False, escape=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0
+    )
     return f"<div class='scroll'>{table}</div>"
 
 
@@ -63,8 +70,21 @@ def _figures(directory: Path) -> str:
 
 
 def _read(directory: Path, stem: str) -> pd.DataFrame:
-    path = directory / f"{stem}.csv"
-    return pd.read_csv(path) if path.exists() else pd.DataFrame()
+    """An analysis table: its Parquet copy (which keeps every column's type), else its CSV."""
+    parquet, csv = directory / f"{stem}.parquet", directory / f"{stem}.csv"
+    if parquet.exists():
+        return read_parquet_file(parquet)
+    return _read_csv(csv) if csv.exists() else pd.DataFrame()
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """A CSV table with its counts and integer config fields as integers (a column with gaps
+    reads back as floats), or one line naming the file."""
+    try:
+        return restore_integers(pd.read_csv(path))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        lines = str(error).strip().splitlines() or [type(error).__name__]
+        raise UnreadableFileError(path, f"not a readable CSV table ({lines[0][:200]})") from None
 
 
 def _compression_section(directory: Path) -> list[str]:
@@ -72,7 +92,7 @@ def _compression_section(directory: Path) -> list[str]:
     table_path = directory / "compression.parquet"
     if not table_path.exists():
         return []
-    table = pd.read_parquet(table_path)
+    table = read_parquet_file(table_path)
     reached = table[table["status"] == "ok"]
     means = reached.groupby(["method", "bpw_target"], as_index=False).agg(
         bpw_eff=("bpw_eff", "mean"), metric=("metric", "mean"), seeds=("seed", "nunique")
@@ -90,7 +110,7 @@ def _compression_section(directory: Path) -> list[str]:
 def render_report(sweep: Sweep, analysis_dir: Path, trial_links: Mapping[str, str]) -> str:
     """The HTML of the report (``trial_links``: trial name → URL of its MLflow run)."""
     trials_csv = sweep.directory / "trials.csv"
-    trials = pd.read_csv(trials_csv) if trials_csv.exists() else sweep.trials
+    trials = _read_csv(trials_csv) if trials_csv.exists() else sweep.trials
     lockin = _read(analysis_dir, "lockin")
     pooled = lockin[lockin["tensor"] == POOLED] if "tensor" in lockin else lockin
     title = f"signlock sweep {sweep.name}"
@@ -124,5 +144,7 @@ def render_report(sweep: Sweep, analysis_dir: Path, trial_links: Mapping[str, st
 
 def write_report(sweep: Sweep, analysis_dir: Path, trial_links: Mapping[str, str]) -> Path:
     path = analysis_dir / REPORT_NAME
-    path.write_text(render_report(sweep, analysis_dir, trial_links), encoding="utf-8")
+    page = render_report(sweep, analysis_dir, trial_links)
+    with atomic_path(path) as tmp:
+        tmp.write_text(page, encoding="utf-8")
     return path

@@ -12,24 +12,27 @@ so only what a caller asks for is materialised.
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
+from signlock.orchestrator.query import as_integers, typed_values
 from signlock.orchestrator.record import SWEEP_FILE, SweepRecord
 from signlock.orchestrator.trial_runner import read_summaries
 from signlock.search_spaces.axes import Axis
 from signlock.search_spaces.spec import SweepSpec
-from signlock.trainables.errors import InputNotFoundError
-from signlock.trainables.schema import validation_objective
+from signlock.trainables.config import field_hint
+from signlock.trainables.errors import SweepNotFoundError
+from signlock.trainables.files import UnreadableFileError
+from signlock.trainables.schema import SUMMARY_INT_FIELDS, validation_objective
 
 DEFAULT_STORAGE = Path("signlock-runs") / "sweeps"
 POOLED = "__pooled__"
@@ -129,9 +132,39 @@ class Sweep:
         for name in trials if trials is not None else self.trials["name"]:
             path = self.directory / "runs" / name / "metrics.parquet"
             if path.is_file():
-                frame = pd.read_parquet(path, columns=["step", *columns])
+                frame = read_parquet_file(path, columns=["step", *columns])
                 frames.append(frame.assign(trial=name))
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+ARROW_ERRORS = (pa.ArrowException, OSError)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0][:200] if lines else type(error).__name__
+
+
+def read_parquet_file(path: Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """One Parquet file, or one line naming it when it is truncated or garbled."""
+    try:
+        return pd.read_parquet(path, columns=list(columns) if columns is not None else None)
+    except ARROW_ERRORS as error:
+        reason = f"not a readable Parquet file ({_first_line(error)})"
+        raise UnreadableFileError(path, reason) from None
+
+
+def unreadable_dataset(directory: Path, error: BaseException) -> UnreadableFileError:
+    """The error for a Parquet dataset that cannot be read: it names the first file whose
+    footer does not open (hidden files, which Arrow skips, aside), else the folder."""
+    for path in sorted(directory.rglob("*.parquet")):
+        if any(part.startswith((".", "_")) for part in path.relative_to(directory).parts):
+            continue
+        try:
+            pq.read_metadata(path)
+        except ARROW_ERRORS as bad:
+            return UnreadableFileError(path, f"not a readable Parquet file ({_first_line(bad)})")
+    return UnreadableFileError(directory, f"not a readable Parquet dataset ({_first_line(error)})")
 
 
 BLOCK_PATTERNS = (
@@ -167,14 +200,17 @@ def _read_dataset(
 ) -> pd.DataFrame:
     if not directory.is_dir():
         return pd.DataFrame(columns=["trial", *columns])
-    dataset = pads.dataset(directory, format="parquet", partitioning="hive")
     condition = None
     if tensors is not None:
         condition = pads.field("tensor").isin(list(tensors))
     if trials is not None:
         by_trial = pads.field("trial").isin(list(trials))
         condition = by_trial if condition is None else condition & by_trial
-    table = dataset.to_table(columns=["trial", *columns], filter=condition)
+    try:
+        dataset = pads.dataset(directory, format="parquet", partitioning="hive")
+        table = dataset.to_table(columns=["trial", *columns], filter=condition)
+    except ARROW_ERRORS as error:
+        raise unreadable_dataset(directory, error) from None
     frame = table.to_pandas()
     frame["trial"] = frame["trial"].astype(str)
     return frame
@@ -208,37 +244,21 @@ def block_metrics(directory: Path, trials: Sequence[str] | None = None) -> pd.Da
     empty = pd.DataFrame(columns=["step", "block", *BLOCK_METRICS])
     if not path.is_dir():
         return empty
-    dataset = pads.dataset(path, format="parquet", partitioning="hive")
     condition = pads.field("trial").isin(list(trials)) if trials is not None else None
     columns = ["step", "tensor", "n_tracked", *BLOCK_METRICS]
     block_ids: dict[str, int] = {}
-    keys_seen: list[np.ndarray] = []  # per batch: step·KEY_SPAN + block id of each partial sum
-    sums_seen: list[np.ndarray] = []  # per batch: [Σ n, Σ n·metric …] per key
-    batches = dataset.to_batches(
-        columns=columns,
-        filter=condition,
-        batch_size=1 << 20,
-        fragment_readahead=2,
-        batch_readahead=2,
-    )
-    for batch in batches:
-        if batch.num_rows == 0:
-            continue
-        tensors = pc.dictionary_encode(batch.column("tensor"))
-        names = tensors.dictionary.to_pylist()
-        per_name = np.array([block_ids.setdefault(block_of(n), len(block_ids)) for n in names])
-        blocks = per_name[tensors.indices.to_numpy(zero_copy_only=False)]
-        steps = batch.column("step").to_numpy(zero_copy_only=False).astype(np.int64)
-        weights = batch.column("n_tracked").to_numpy(zero_copy_only=False).astype(np.float64)
-        keys, inverse = np.unique(steps * KEY_SPAN + blocks, return_inverse=True)
-        values = [weights] + [
-            batch.column(m).to_numpy(zero_copy_only=False) * weights for m in BLOCK_METRICS
-        ]
-        sums = [np.bincount(inverse, weights=v, minlength=keys.size) for v in values]
-        keys_seen.append(keys)
-        sums_seen.append(np.stack(sums, axis=1))
-        if len(keys_seen) >= FOLD_EVERY:  # keep memory flat: fold the partial sums
-            keys_seen, sums_seen = _fold(keys_seen, sums_seen)
+    try:
+        dataset = pads.dataset(path, format="parquet", partitioning="hive")
+        batches = dataset.to_batches(
+            columns=columns,
+            filter=condition,
+            batch_size=1 << 20,
+            fragment_readahead=2,
+            batch_readahead=2,
+        )
+        keys_seen, sums_seen = _partial_sums(batches, block_ids)
+    except ARROW_ERRORS as error:
+        raise unreadable_dataset(path, error) from None
     if not keys_seen:
         return empty
     (keys,), (totals,) = _fold(keys_seen, sums_seen)
@@ -257,28 +277,79 @@ def block_metrics(directory: Path, trials: Sequence[str] | None = None) -> pd.Da
     return means.sort_values(["order", "step"]).drop(columns="order").reset_index(drop=True)
 
 
-def _as_number(value: Any) -> Any:
-    """Summaries store config fields as strings: numbers back to numbers, 'None' to NaN."""
-    if value in (None, "None", "null", ""):
-        return math.nan
+def _partial_sums(
+    batches: Iterable[pa.RecordBatch], block_ids: dict[str, int]
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per batch, the distinct step·KEY_SPAN + block id keys and [Σ n, Σ n·metric …] per key,
+    folded every FOLD_EVERY batches (memory bounded by a batch)."""
+    keys_seen: list[np.ndarray] = []
+    sums_seen: list[np.ndarray] = []
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        tensors = pc.dictionary_encode(batch.column("tensor"))
+        names = tensors.dictionary.to_pylist()
+        per_name = np.array([block_ids.setdefault(block_of(n), len(block_ids)) for n in names])
+        blocks = per_name[tensors.indices.to_numpy(zero_copy_only=False)]
+        steps = batch.column("step").to_numpy(zero_copy_only=False).astype(np.int64)
+        weights = batch.column("n_tracked").to_numpy(zero_copy_only=False).astype(np.float64)
+        keys, inverse = np.unique(steps * KEY_SPAN + blocks, return_inverse=True)
+        values = [weights] + [
+            batch.column(m).to_numpy(zero_copy_only=False) * weights for m in BLOCK_METRICS
+        ]
+        sums = [np.bincount(inverse, weights=v, minlength=keys.size) for v in values]
+        keys_seen.append(keys)
+        sums_seen.append(np.stack(sums, axis=1))
+        if len(keys_seen) >= FOLD_EVERY:  # keep memory flat: fold the partial sums
+            keys_seen, sums_seen = _fold(keys_seen, sums_seen)
+    return keys_seen, sums_seen
+
+
+# Columns that count things: Int64 (nullable) in every table, however they were stored.
+INTEGER_COLUMNS = (*SUMMARY_INT_FIELDS, "step", "failures")
+
+
+def _integer_field(column: str) -> bool:
+    if column in INTEGER_COLUMNS:
+        return True
+    if not column.startswith("config."):
+        return False
     try:
-        return float(value)
-    except (TypeError, ValueError):
-        return value
+        return field_hint(column.removeprefix("config.")) is int
+    except KeyError:
+        return False
+
+
+def restore_integers(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with its counting columns and integer config fields as Int64 — e.g. read back
+    from a CSV, where a column with gaps comes back as floats (``step`` 60.0)."""
+    typed = table.copy()
+    for column in table.columns:
+        if _integer_field(str(column)):
+            typed[column] = as_integers(table[column])
+    return typed
+
+
+def _read_summaries(directory: Path) -> pd.DataFrame:
+    try:
+        return read_summaries(directory)
+    except ARROW_ERRORS as error:
+        raise unreadable_dataset(directory / "summaries", error) from None
 
 
 def finished_trials(directory: Path, record: SweepRecord) -> pd.DataFrame:
     """One row per finished trial from the ``summaries/`` dataset: name, ``config.<field>`` for
-    every field the sweep varies, and the summary's numbers."""
-    summaries = read_summaries(directory).reset_index()
+    every field the sweep varies (typed: integers as Int64, missing as NA), and the summary's
+    numbers (its counts as Int64)."""
+    summaries = _read_summaries(directory).reset_index()
     if summaries.empty:
         return pd.DataFrame(columns=["name"])
     varied = SweepSpec.from_dict(record.context.spec).varied_keys()
-    config = {f"config.{k}": summaries[k].map(_as_number) for k in varied if k in summaries}
+    config = {f"config.{k}": typed_values(summaries[k]) for k in varied if k in summaries}
     numbers = summaries.select_dtypes("number")
     table = pd.concat([summaries[["trial"]].rename(columns={"trial": "name"}),
                        pd.DataFrame(config), numbers], axis=1)  # fmt: skip
-    return table.sort_values("name", ignore_index=True)
+    return restore_integers(table).sort_values("name", ignore_index=True)
 
 
 def load_sweep(name_or_path: str | Path, storage: str | Path = DEFAULT_STORAGE) -> Sweep:
@@ -286,6 +357,7 @@ def load_sweep(name_or_path: str | Path, storage: str | Path = DEFAULT_STORAGE) 
     candidate = Path(name_or_path).expanduser()
     directory = candidate if (candidate / SWEEP_FILE).is_file() else Path(storage) / candidate
     if not (directory / SWEEP_FILE).is_file():
-        raise InputNotFoundError(f"no sweep at {directory}")
+        raise SweepNotFoundError(name_or_path, storage)
+    directory = directory.resolve()
     record = SweepRecord.read(directory)
-    return Sweep(directory.resolve(), record, finished_trials(directory, record))
+    return Sweep(directory, record, finished_trials(directory, record))

@@ -1,7 +1,8 @@
 """The analysis tables of a sweep: lock-in statistics per trial and tensor, and seed aggregates.
 
 - :func:`lockin_table` — per trial, pooled over its tracked scalars: ĥ, ĝ (C.4.2) with a
-  bootstrap interval, the χ² goodness of fit and the lock-in/floating decision (Theorem D.33);
+  bootstrap interval, the χ² goodness of fit (``gof_reason``: why it does not apply, e.g. ĝ = 0)
+  and the lock-in/floating decision (Theorem D.33);
   per tracked tensor: ĥ and ĝ (vectorised over all trials and tensors).
 - :func:`seed_summary` — per grid point (every grid axis and point field but the seed): mean,
   std and n over seeds of ĥ, ĝ, flip_mean, the final flip ratio and the validation metric.
@@ -32,6 +33,7 @@ def _row(trial: str, tensor: str, hist: pd.DataFrame, ci: bool, **bootstrap_args
         "gof_chi2": gof.statistic,
         "gof_dof": gof.dof,
         "gof_p": gof.p_value,
+        "gof_reason": gof.reason,
         "regime": floating.decision,
         "regime_lr": floating.statistic,
         "regime_p": floating.p_value,
@@ -100,7 +102,18 @@ def lockin_table(
             ]
             tensors = tensors.merge(pd.DataFrame(intervals), on=["trial", "tensor"])
         table = pd.concat([table, tensors], ignore_index=True)
+    table = _integer_columns(table)
     return table.sort_values(["trial", "tensor"], ignore_index=True) if len(table) else table
+
+
+INTEGER_COLUMNS = ("n", "gof_dof")  # per-tensor rows have no goodness of fit: nullable Int64
+
+
+def _integer_columns(table: pd.DataFrame) -> pd.DataFrame:
+    for column in INTEGER_COLUMNS:
+        if column in table:
+            table[column] = table[column].astype("Int64")
+    return table
 
 
 AGGREGATED = ("h_hat", "g_hat", "flip_mean", "final_flip_ratio")

@@ -22,6 +22,7 @@ from signlock.search_spaces.overrides import parse_assignments
 from signlock.search_spaces.presets import TRIAL_PRESETS, trial_preset
 from signlock.trainables.config import TrialConfig
 from signlock.trainables.errors import ConfigError, InputNotFoundError, SignlockError, UsageError
+from signlock.trainables.files import is_disk_full
 
 DEFAULT_RUNS_DIR = Path("signlock-runs")
 DEFAULT_SWEEPS_DIR = DEFAULT_RUNS_DIR / "sweeps"
@@ -43,17 +44,19 @@ def load_trial_config(args: argparse.Namespace) -> TrialConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from signlock.trainables.trainer import run_trial
+    from signlock.trainables.trainer import Trial
 
     cfg = load_trial_config(args)
     run_dir = Path(args.run_dir) if args.run_dir else DEFAULT_RUNS_DIR / cfg.name
-
-    def say_resumed(step: int) -> None:
-        print(f"resuming {run_dir} from step {step}", file=sys.stderr)
-
-    summary = run_trial(
-        cfg, run_dir, resume=not args.no_resume, progress=not args.quiet, on_resume=say_resumed
-    )
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError("--run-dir", str(run_dir), "a directory (this is a file)")
+    trial = Trial(cfg, run_dir, progress=not args.quiet)
+    restored = None if args.no_resume else trial.restore()
+    if restored is not None:
+        for skipped in restored.skipped:
+            print(f"{skipped}; using {restored.path.name}", file=sys.stderr)
+        print(f"resuming {run_dir} from step {restored.step}", file=sys.stderr)
+    summary = trial.run(resume=False)
     print(json.dumps(summary, indent=2, sort_keys=True))
     print(f"run directory: {run_dir}", file=sys.stderr)
     return 0
@@ -97,6 +100,7 @@ def _sweep_options(args: argparse.Namespace, **extra: Any) -> Any:
         address=args.address,
         progress=not args.quiet,
         verbose=args.verbose,
+        connect_timeout=args.connect_timeout,
         **extra,
     )
 
@@ -126,11 +130,25 @@ def _check_gpu_memory(args: argparse.Namespace, plan: Any) -> None:
     check_gpu_memory(plan, parse_memory_size(args.gpu_memory))
 
 
-def _exit_status(table: Any) -> int:
-    """0: every trial finished; 1: some errored; 130: interrupted (resume to continue)."""
+def _exit_status(table: Any, n_planned: int) -> int:
+    """0: every planned trial finished; 130: interrupted (resume to continue); 1: some errored
+    or never ran."""
     if len(table) and not table["status"].isin(["TERMINATED", "ERROR"]).all():
         return 130
-    return 1 if (table["status"] == "ERROR").any() else 0
+    n_finished = int((table["status"] == "TERMINATED").sum()) if len(table) else 0
+    if n_finished < n_planned and not (len(table) and (table["status"] == "ERROR").any()):
+        print(
+            f"signlock: error: {n_planned - n_finished} of the {n_planned} planned trials did "
+            "not run; `signlock resume` continues them",
+            file=sys.stderr,
+        )
+    return 0 if n_finished >= n_planned else 1
+
+
+def _planned(sweep_dir: Path) -> int:
+    from signlock.orchestrator.record import SweepRecord
+
+    return SweepRecord.read(sweep_dir).n_trials
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -161,8 +179,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return _after_submission(args, sweep_dir, job_id)
     _refuse_slurm_flags(args)
     table = launch_sweep(spec, options, name=args.name)
-    print_results(table, options.storage / (args.name or spec.name))
-    return _exit_status(table)
+    sweep_dir = options.storage / (args.name or spec.name)
+    print_results(table, sweep_dir)
+    return _exit_status(table, _planned(sweep_dir))
 
 
 SLURM_FLAGS = (
@@ -218,7 +237,7 @@ def _after_submission(args: argparse.Namespace, sweep_dir: Path, job_id: str) ->
 
     table = wait_for_job(sweep_dir)
     print_results(table, sweep_dir)
-    return _exit_status(table)
+    return _exit_status(table, _planned(sweep_dir))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -243,51 +262,50 @@ def cmd_resume(args: argparse.Namespace) -> int:
         resume_errored=not args.skip_errored,
     )
     print_results(table, sweep_dir)
-    return _exit_status(table)
+    return _exit_status(table, _planned(sweep_dir))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from signlock.orchestrator.ray_tune import has_saved_state
-    from signlock.orchestrator.record import SweepRecord
     from signlock.orchestrator.status import format_status, sweep_status
-    from signlock.orchestrator.submit import is_array, job_line
+    from signlock.orchestrator.submit import job_line
     from signlock.orchestrator.sweep import storage_path, sweep_dir_for
 
     sweep_dir = sweep_dir_for(args.sweep, storage_path(args.storage))
     slurm_job = job_line(sweep_dir)
     if slurm_job is not None:
         print(slurm_job)
-        if not is_array(SweepRecord.read(sweep_dir)) and not has_saved_state(sweep_dir):
-            print(f"sweep {sweep_dir.name}: no trial has started yet")
-            return 0
     print(format_status(sweep_status(sweep_dir)))
     return 0
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from signlock.analysis.analyze import run_analysis
+    from signlock.analysis.analyze import AnalysisRequest, check_request, run_analysis
     from signlock.analysis.sweep_data import load_sweep
     from signlock.orchestrator.tracking import log_analysis, open_existing_store
 
     sweep = load_sweep(args.sweep, args.storage)
+    flags = {
+        "what": args.what,
+        "x": args.x,
+        "y": args.y,
+        "confidence": args.confidence,
+        "resamples": args.resamples,
+        "per_tensor_ci": args.per_tensor_ci,
+    }
+    check_request(sweep, AnalysisRequest(**flags))  # every flag, before anything is touched
+    context = sweep.record.context
+    client = open_existing_store(context.tracking_uri)
     if sweep.n_missing:
         print(
             f"{sweep.n_missing} of {sweep.n_planned} trials have not finished; analysing the "
             f"{len(sweep.trials)} that have",
             file=sys.stderr,
         )
-    result = run_analysis(
-        sweep,
-        what=args.what,
-        x=args.x,
-        y=args.y,
-        confidence=args.confidence,
-        resamples=args.resamples,
-        per_tensor_ci=args.per_tensor_ci,
-    )
-    context = sweep.record.context
-    client = open_existing_store(context.tracking_uri)
-    log_analysis(client, context.parent_run_id, result.directory, result.metrics)
+
+    def publish(directory: Path, metrics: Any) -> None:
+        log_analysis(client, context.parent_run_id, directory, metrics)
+
+    result = run_analysis(sweep, **flags, publish=publish)
     for path in result.files:
         print(path)
     for key, value in result.metrics.items():
@@ -321,6 +339,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         save_figure,
         validate_budgets,
         validate_methods,
+        validate_targets,
     )
     from signlock.analysis.compressors import METHODS
     from signlock.analysis.sweep_data import load_sweep
@@ -338,10 +357,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
     }
     if not trials:
         raise ConfigError("SWEEP", args.sweep, "a sweep with finished trials and checkpoints")
+    targets = validate_targets(trials.values(), tuple(_csv_list(args.targets)))
     out = sweep.directory / "compression"
     out.mkdir(exist_ok=True)
     table_path = out / "compression.parquet"
-    targets = tuple(_csv_list(args.targets))
     jobs = plan_jobs(trials, read_table(table_path), methods, budgets, targets)
     bar = tqdm(total=len(jobs), desc="compress", unit="trial", leave=False)
 
@@ -407,8 +426,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
         "top_entropy": str(options.top_entropy),
     }
     run_id = log_probe(
-        tracking_uri, name, out, params, result.metrics, experiment=args.experiment, parent=parent
-    )
+        tracking_uri, name, out, params, result.metrics,
+        experiment=args.experiment, parent=parent, storage=storage.resolve(),
+    )  # fmt: skip
     for path in result.files:
         print(path)
     print(f"MLflow run {run_id} ({tracking_uri})", file=sys.stderr)
@@ -428,7 +448,7 @@ def _probe_parent(args: argparse.Namespace, storage: Path) -> tuple[tuple[str, s
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from signlock.analysis.analyze import run_analysis
+    from signlock.analysis.analyze import OUTPUT_DIR, run_analysis
     from signlock.analysis.report import write_report
     from signlock.analysis.sweep_data import load_sweep
     from signlock.orchestrator.tracking import log_analysis, open_existing_store, trial_run_links
@@ -436,10 +456,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     sweep = load_sweep(args.sweep, args.storage)
     context = sweep.record.context
     client = open_existing_store(context.tracking_uri)
-    analysis_dir = sweep.directory / "analysis"
-    if not (analysis_dir / "seeds.csv").exists():  # never analysed: analyse first
-        result = run_analysis(sweep)
-        log_analysis(client, context.parent_run_id, result.directory, result.metrics)
+    analysis_dir = sweep.directory / OUTPUT_DIR
+    if len(sweep.trials) and not (analysis_dir / "seeds.csv").exists():  # analyse first
+
+        def publish(directory: Path, metrics: Any) -> None:
+            log_analysis(client, context.parent_run_id, directory, metrics)
+
+        run_analysis(sweep, publish=publish)
     links = trial_run_links(
         client, context.tracking_uri, context.experiment_id, context.parent_run_id
     )
@@ -471,39 +494,46 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    import pandas as pd
-
     from signlock.orchestrator.query import FORMATS, search_runs, write_runs
 
     if args.format not in FORMATS:
         raise ConfigError("--format", args.format, "one of " + ", ".join(FORMATS))
+    if args.format == "parquet" and not args.output:
+        raise ConfigError("--output", None, "a file path (parquet is binary)")
     runs = search_runs(
         _tracking_uri(args),
         args.experiment,
         filter_text=args.filter,
         mlflow_filter=args.mlflow_filter,
         include_sweeps=args.include_sweeps,
+        sweep=args.sweep,
     )
-    if args.sweep:
-        sweeps = runs.get("tags.signlock.sweep", pd.Series(index=runs.index, dtype="string"))
-        runs = runs[sweeps == args.sweep]
     output = Path(args.output) if args.output else None
     print(write_runs(runs, args.format, output, args.all_columns))
     return 0
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    from signlock.orchestrator.tracking import mlflow_server_command, run_foreground
+    from signlock.orchestrator import tracking
 
-    command = mlflow_server_command(
-        backend_store_uri=args.backend_store_uri or _tracking_uri(args),
+    ui_only = args.command == "ui"
+    backend_store_uri = args.backend_store_uri or _tracking_uri(args)
+    command = tracking.mlflow_server_command(
+        backend_store_uri=backend_store_uri,
         artifacts_destination=args.artifacts_destination
         or str((DEFAULT_RUNS_DIR / "mlartifacts").resolve()),
         host=args.host,
         port=args.port,
-        ui_only=args.command == "ui",
+        ui_only=ui_only,
+        workers=args.workers,
     )
-    return run_foreground(command)
+    log_path = Path(args.log).resolve() if args.log else None
+    return tracking.run_foreground(
+        command,
+        url=tracking.server_url(args.host, args.port),
+        log_path=log_path or tracking.server_log_path(backend_store_uri, DEFAULT_RUNS_DIR),
+        env=tracking.server_environment(ui_only=ui_only),
+    )
 
 
 def _add_tracking_args(parser: argparse.ArgumentParser) -> None:
@@ -522,6 +552,13 @@ def _add_sweep_runtime_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--address", help="an existing Ray cluster: auto, HOST:PORT or ray://HOST:PORT"
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long --address may take to answer (default 30)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--verbose", action="store_true", help="Ray Tune's tables, worker logs")
@@ -610,10 +647,11 @@ def _add_sweep_commands(commands: Any) -> None:
         "resume", help="continue an interrupted sweep (its MLflow store is the one it started with)"
     )
     resume.add_argument("sweep", help="sweep name (under --storage) or sweep directory")
-    resume.add_argument(
+    errored = resume.add_mutually_exclusive_group()
+    errored.add_argument(
         "--restart-errored", action="store_true", help="rerun errored trials from scratch"
     )
-    resume.add_argument("--skip-errored", action="store_true", help="leave errored trials")
+    errored.add_argument("--skip-errored", action="store_true", help="leave errored trials")
     _add_sweep_runtime_args(resume)
     resume.set_defaults(func=cmd_resume)
 
@@ -725,6 +763,12 @@ def _add_sweep_commands(commands: Any) -> None:
         server.add_argument("--artifacts-destination", help="artifact root directory or URI")
         server.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
         server.add_argument("--port", type=int, default=5000)
+        server.add_argument(
+            "--workers", type=int, help="uvicorn worker processes (default: 1 for ui, 4 for server)"
+        )
+        server.add_argument(
+            "--log", help="MLflow's own output (default: mlflow-server.log beside a sqlite store)"
+        )
         server.set_defaults(func=cmd_server)
 
 
@@ -771,6 +815,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `signlock presets | head`: the reader left; no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as error:
+        if not is_disk_full(error):
+            raise
+        print(f"signlock: error: no space left on device writing {error.filename}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

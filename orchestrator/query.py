@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from signlock.trainables.errors import ConfigError
+from signlock.trainables.errors import ConfigError, SweepNotFoundError
+from signlock.trainables.files import write_parquet, write_text
+from signlock.trainables.schema import SUMMARY_INT_FIELDS
 
 FORMATS = ("table", "csv", "json", "parquet")
 _OPS: dict[str, Callable[[object, object], object]] = {
@@ -96,6 +98,70 @@ def apply_filter(runs: pd.DataFrame, text: str | None) -> pd.DataFrame:
     return runs[keep]
 
 
+MISSING_TEXT = ("", "None", "null", "nan", "NaN", "<NA>")
+_INTEGER = r"[+-]?\d+"
+_BOOLEANS = {"True": True, "False": False, "true": True, "false": False}
+
+
+def typed_values(values: pd.Series) -> pd.Series:
+    """Values stored as text (MLflow params, a sweep's flattened configs: ``str(value)``) back
+    as what they were: a column of integers becomes Int64, of numbers float64, of True/False
+    boolean, with ``None``/``nan`` as missing; a column holding anything else is left as it is,
+    and one with no value at all becomes float NaN."""
+    missing = values.isna() | values.astype("string").isin(MISSING_TEXT).fillna(True)
+    text = values[~missing].astype("string").str.strip()
+    if text.empty:
+        return pd.Series(float("nan"), index=values.index, dtype="float64")
+    numbers = pd.to_numeric(text, errors="coerce")
+    if text.str.fullmatch(_INTEGER).all() and numbers.dtype.kind == "i":  # not beyond int64
+        return _with_missing(numbers, missing, "Int64")
+    if numbers.notna().all():
+        return _with_missing(numbers.astype("float64"), missing, "float64")
+    if text.isin(list(_BOOLEANS)).all():
+        return _with_missing(text.map(_BOOLEANS), missing, "boolean")
+    return values
+
+
+def _with_missing(present: pd.Series, missing: pd.Series, dtype: str) -> pd.Series:
+    out = pd.Series(pd.NA if dtype != "float64" else float("nan"), index=missing.index)
+    out = out.astype(dtype)
+    out[~missing] = present.astype(dtype)
+    return out
+
+
+# Metrics MLflow stores as doubles that count things: integers in every output format.
+INTEGER_METRICS = (
+    *SUMMARY_INT_FIELDS,
+    "trials_total",
+    "trials_errored",
+    "trials_unfinished",
+    "analysis.trials",
+    "analysis.trials_missing",
+    "analysis.pareto_size",
+    "analysis.floating_trials",
+)
+
+
+def typed_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """``params.*`` back to their types (MLflow keeps strings) and counting metrics as Int64."""
+    typed = runs.copy()
+    for column in runs.columns:
+        if column.startswith("params."):
+            typed[column] = typed_values(runs[column])
+        elif column.removeprefix("metrics.") in INTEGER_METRICS and column.startswith("metrics."):
+            typed[column] = as_integers(runs[column])
+    return typed
+
+
+def as_integers(values: pd.Series) -> pd.Series:
+    """A float column of whole numbers (NaN for missing) as Int64; anything else unchanged."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    present = numbers.dropna()
+    if values.notna().sum() != len(present) or not (present % 1 == 0).all():
+        return values
+    return numbers.astype("Int64")
+
+
 def search_runs(
     tracking_uri: str,
     experiment: str,
@@ -103,16 +169,25 @@ def search_runs(
     filter_text: str | None = None,
     mlflow_filter: str | None = None,
     include_sweeps: bool = False,
+    sweep: str | None = None,
 ) -> pd.DataFrame:
-    """Runs of ``experiment`` (trial runs only unless ``include_sweeps``), filtered. The filter
-    is parsed before the store is opened; a missing local store is an error, never created."""
+    """Runs of ``experiment`` (trial runs only unless ``include_sweeps``; only ``sweep``'s when
+    given, which must exist), filtered, params typed. The filter is parsed before the store is
+    opened; a missing local store is an error, never created."""
     from signlock.orchestrator import tracking
 
     parse_filter(filter_text or "")
-    runs = tracking.search_runs_frame(tracking_uri, experiment, mlflow_filter or "")
+    if sweep is not None and not _is_sweep_name(sweep):
+        raise SweepNotFoundError(sweep, tracking_uri)
+    runs = tracking.search_runs_frame(tracking_uri, experiment, mlflow_filter or "", sweep=sweep)
     if not include_sweeps and tracking.KIND_COLUMN in runs.columns:
         runs = runs[runs[tracking.KIND_COLUMN] == "trial"].dropna(axis="columns", how="all")
-    return apply_filter(runs, filter_text).reset_index(drop=True)
+    return apply_filter(typed_runs(runs), filter_text).reset_index(drop=True)
+
+
+def _is_sweep_name(name: str) -> bool:
+    """What a sweep can be called (search_spaces.spec's rule): anything else names none."""
+    return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) is not None
 
 
 DEFAULT_COLUMNS = (
@@ -142,7 +217,7 @@ def write_runs(runs: pd.DataFrame, fmt: str, output: Path | None, all_columns: b
     if fmt == "parquet":
         if output is None:
             raise ConfigError("--output", None, "a file path (parquet is binary)")
-        runs.to_parquet(output, index=False)
+        write_parquet(runs, output)
         return f"{len(runs)} runs written to {output}"
     if fmt == "csv":
         text = runs.to_csv(index=False)
@@ -151,6 +226,6 @@ def write_runs(runs: pd.DataFrame, fmt: str, output: Path | None, all_columns: b
     else:
         text = runs.to_string(index=False) if len(runs) else "(no runs)"
     if output is not None:
-        output.write_text(text)
+        write_text(output, text)
         return f"{len(runs)} runs written to {output}"
     return text

@@ -1,7 +1,6 @@
-"""``signlock status``: trials by state and the best so far, as Ray Tune last recorded them.
-
-Read through Tune's public ``ExperimentAnalysis`` (see :mod:`signlock.orchestrator.ray_tune`);
-trials Tune has not created yet (a grid still being expanded) do not appear.
+"""``signlock status``: trials by state and the best so far, from signlock's own trial records
+(:mod:`signlock.orchestrator.trial_record`) — it never reads Tune's pickled state. Trials that
+have not started yet are counted against the planned number.
 """
 
 from __future__ import annotations
@@ -13,8 +12,9 @@ from pathlib import Path
 import pandas as pd
 
 from signlock.orchestrator.record import SweepRecord
+from signlock.orchestrator.sweep_lock import driver_holder
+from signlock.orchestrator.trial_record import STATES, trial_table
 
-STATES = ("PENDING", "RUNNING", "PAUSED", "TERMINATED", "ERROR")
 SHOWN_COLUMNS = (
     "trial_id", "name", "status", "step", "failures",
     "val_ppl", "val_error", "flip_mean", "h_hat", "g_hat", "error",
@@ -26,10 +26,13 @@ class SweepStatus:
     sweep_dir: Path
     n_planned: int
     trials: pd.DataFrame
+    driver: str | None = None  # who drives the sweep now
 
     def counts(self) -> dict[str, int]:
         by_state = self.trials["status"].value_counts() if len(self.trials) else pd.Series()
-        return {state: int(by_state.get(state, 0)) for state in STATES}
+        counts = {state: int(by_state.get(state, 0)) for state in STATES}
+        counts["PENDING"] += max(self.n_planned - len(self.trials), 0)  # not started yet
+        return counts
 
     def best(self) -> pd.Series | None:
         for metric in ("val_ppl", "val_error"):
@@ -39,26 +42,38 @@ class SweepStatus:
 
 
 def sweep_status(sweep_dir: Path) -> SweepStatus:
-    from signlock.orchestrator.ray_tune import trial_table
     from signlock.orchestrator.submit import array_trial_table, is_array
     from signlock.orchestrator.sweep import trials_table
     from signlock.orchestrator.trial_runner import read_summaries
 
     record = SweepRecord.read(sweep_dir)
+    driver = driver_holder(sweep_dir)
     if is_array(record):
         states = array_trial_table(sweep_dir, record, ended=False)
-        trials = trials_table(states, read_summaries(sweep_dir))
     else:
-        trials = trial_table(sweep_dir, record.context)
+        states = trial_table(sweep_dir, driven=driver is not None)
+    trials = trials_table(states, read_summaries(sweep_dir)) if len(states) else states
+    if "checkpoint_step" in trials:
+        trials["status"] = [_shown_status(row) for _, row in trials.iterrows()]
     shown = [column for column in SHOWN_COLUMNS if column in trials]
-    return SweepStatus(sweep_dir, record.n_trials, trials[shown])
+    return SweepStatus(sweep_dir, record.n_trials, trials[shown], driver)
+
+
+def _shown_status(row: pd.Series) -> str:
+    if row["status"] != "INTERRUPTED":
+        return str(row["status"])
+    step = row["checkpoint_step"]
+    if step < 0:
+        return "interrupted (no checkpoint)"
+    return f"interrupted (checkpoint at step {step})"
 
 
 def format_status(status: SweepStatus) -> str:
     counts = status.counts()
     planned = f" of {status.n_planned} planned"
+    driven = f"; driven by {status.driver}" if status.driver else ""
     lines = [
-        f"sweep {status.sweep_dir.name}: {len(status.trials)} trials{planned}",
+        f"sweep {status.sweep_dir.name}: {len(status.trials)} trials started{planned}{driven}",
         "  " + "  ".join(f"{state.lower()} {n}" for state, n in counts.items()),
     ]
     best = status.best()

@@ -35,6 +35,8 @@ from signlock.orchestrator.sweep import (
     run_sweep,
     sweep_dir_for,
 )
+from signlock.orchestrator.sweep_lock import refuse_if_driven
+from signlock.orchestrator.trial_record import typed_frame
 from signlock.orchestrator.trial_runner import (
     SweepContext,
     attempts_of,
@@ -103,6 +105,7 @@ def resubmit_sweep(
     from signlock.cluster import slurm
 
     sweep_dir = sweep_dir_for(name_or_path, options.storage)
+    refuse_if_driven(sweep_dir)
     record = SweepRecord.read(sweep_dir)
     recorded = record.slurm_request or {}
     try:
@@ -301,13 +304,13 @@ def array_trial_table(sweep_dir: Path, record: SweepRecord, *, ended: bool) -> p
             "trial_id": _array_trial_id(cfg.name),
             "name": cfg.name,
             "status": status,
-            "step": float(max(checkpoint_step(run_dir / "checkpoints" / CHECKPOINT_NAME), 0)),
+            "step": max(checkpoint_step(run_dir / "checkpoints" / CHECKPOINT_NAME), 0),
             "failures": max(len(attempts) - 1, 0),
         }
         row.update({metric: math.nan for metric in RESULT_METRICS})
         row.update(varied_fields(context, cfg))
         rows.append({**row, "error": error})
-    return pd.DataFrame(rows)
+    return typed_frame(rows, list(rows[0]) if rows else ["trial_id", "name", "status"])
 
 
 def finalize_array_sweep(sweep_dir: Path) -> dict[str, int]:
@@ -316,7 +319,7 @@ def finalize_array_sweep(sweep_dir: Path) -> dict[str, int]:
     record = SweepRecord.read(sweep_dir)
     spec = SweepSpec.from_dict(record.context.spec)
     states = array_trial_table(sweep_dir, record, ended=True)
-    table = finalize_sweep(spec, record.context, states)
+    table = finalize_sweep(spec, record.context, record.n_trials, states)
     return {str(k): int(v) for k, v in table["status"].value_counts().items()}
 
 

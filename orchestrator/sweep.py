@@ -4,7 +4,9 @@ A sweep lives in ``<storage>/<name>/``: Ray Tune's experiment directory (its own
 checkpoints), plus signlock's files beside them::
 
     signlock-sweep.json   the spec and everything needed to resume (plain JSON)
-    runs/<trial>/         each trial's run directory (<trial>: the trial's name)
+    .driver.lock          held by the one driver of the sweep (sweep_lock)
+    runs/<trial>/         each trial's run directory (<trial>: the trial's name), with
+                          trial.json / scheduler.json, signlock's own record of its state
     flips/trial=<trial>/  sweep-level K histograms (read with pyarrow.dataset, hive partitioning)
     summaries/trial=<trial>/  one row per finished trial: flattened config (strings) + summary
     trials.csv            the final table of trials (also an artifact of the MLflow parent run)
@@ -18,7 +20,10 @@ run per trial (see :mod:`signlock.orchestrator.tracking`). Ray Tune is reached o
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,9 +33,17 @@ import pandas as pd
 
 from signlock.orchestrator import ray_tune, tracking
 from signlock.orchestrator.record import SWEEP_FILE, SweepRecord
-from signlock.orchestrator.trial_runner import FaultInjection, SweepContext, read_summaries
+from signlock.orchestrator.sweep_lock import driver_lock
+from signlock.orchestrator.trial_record import RUNS_DIR, trial_table
+from signlock.orchestrator.trial_runner import (
+    FaultInjection,
+    SweepContext,
+    read_summaries,
+    start_over,
+)
 from signlock.search_spaces.spec import SweepSpec
-from signlock.trainables.errors import ConfigError
+from signlock.trainables.errors import ConfigError, SignlockError, SweepNotFoundError
+from signlock.trainables.files import check_name, write_csv
 from signlock.trainables.schema import FLIP_OBJECTIVE, RESULT_METRICS, validation_objective
 
 DEFAULT_EXPERIMENT = "signlock"
@@ -52,6 +65,7 @@ class SweepOptions:
     faults: tuple[FaultInjection, ...] = field(default_factory=tuple)
     progress: bool = True
     verbose: bool = False
+    connect_timeout: float = ray_tune.CONNECT_TIMEOUT_S  # seconds for --address to answer
 
     def validate(self) -> None:
         if self.max_concurrent is not None and self.max_concurrent < 1:
@@ -64,6 +78,22 @@ class SweepOptions:
             raise ConfigError("--max-failures", self.max_failures, "an integer >= 0")
         if self.checkpoint_every is not None and self.checkpoint_every < 1:
             raise ConfigError("--checkpoint-every", self.checkpoint_every, "an integer >= 1")
+        if not self.connect_timeout > 0:
+            raise ConfigError("--connect-timeout", self.connect_timeout, "a number of seconds > 0")
+        writable_storage(self.storage)
+
+
+def writable_storage(storage: Path) -> Path:
+    """``--storage`` as a directory this process can create and write, checked before MLflow or
+    Ray start."""
+    try:
+        storage.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        allowed = f"a directory signlock can create ({error.strerror or error})"
+        raise ConfigError("--storage", str(storage), allowed) from None
+    if not storage.is_dir() or not os.access(storage, os.W_OK | os.X_OK):
+        raise ConfigError("--storage", str(storage), "a directory signlock can write")
+    return storage
 
 
 def storage_path(value: str) -> Path:
@@ -113,7 +143,7 @@ def sweep_dir_for(name_or_path: str, storage: Path) -> Path:
     by_name = storage / name_or_path
     if (by_name / SWEEP_FILE).is_file():
         return by_name
-    raise ConfigError("sweep", name_or_path, f"a sweep name under {storage} or a sweep directory")
+    raise SweepNotFoundError(name_or_path, storage)
 
 
 def _absolute_paths(spec: SweepSpec) -> SweepSpec:
@@ -172,7 +202,9 @@ def prepare_sweep(
     yet (``run_sweep`` runs it here, or a SLURM job runs it on a cluster)."""
     options.validate()
     spec = with_checkpoints(_absolute_paths(spec), options.checkpoint_every)
-    sweep_name = name or spec.name
+    sweep_name = check_name("--name", name or spec.name)
+    spec = replace(spec, name=sweep_name)  # trials are named after the sweep: NAME-0003
+    check_faults(spec, options.faults)
     sweep_dir = options.storage / sweep_name
     if (sweep_dir / SWEEP_FILE).exists():
         raise ConfigError(
@@ -193,6 +225,7 @@ def prepare_sweep(
         client, experiment_id, sweep_name, _sweep_params(spec, n_trials), {}
     )
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    sweep_dir.chmod(0o750)  # resume lets Tune unpickle what is in here: nobody else writes it
     client.log_dict(parent_run_id, spec.to_dict(), "sweep_spec.json")
     context = SweepContext(
         sweep_name=sweep_name,
@@ -216,33 +249,105 @@ def prepare_sweep(
     return record
 
 
+def check_faults(spec: SweepSpec, faults: Sequence[FaultInjection]) -> None:
+    """``--inject-fault`` names a trial of the sweep (a sampled trial's name is its grid
+    point's name plus a hash, so the grid point's name is accepted as a prefix)."""
+    names = {point["name"] for point in spec.grid_overrides()}
+    for fault in faults:
+        exact = fault.trial_name in names
+        sampled = spec.search != "grid" or spec.num_samples > 1
+        if exact or (sampled and any(fault.trial_name.startswith(f"{n}-") for n in names)):
+            continue
+        shown = ", ".join(sorted(names)[:4]) + (", …" if len(names) > 4 else "")
+        raise ConfigError("--inject-fault", fault.trial_name, f"a trial of the sweep ({shown})")
+
+
 def launch_sweep(
     spec: SweepSpec, options: SweepOptions, *, name: str | None = None
 ) -> pd.DataFrame:
-    """Prepare the sweep and run every trial on Ray Tune from this process; the trials table."""
-    record = prepare_sweep(spec, options, name=name)
-    return run_sweep(Path(record.context.sweep_dir), options)
+    """Start Ray (refusing resources it can never give), prepare the sweep and run every trial
+    on Ray Tune from this process; the trials table."""
+    options.validate()
+    start_log = options.storage / f".ray-start-{os.getpid()}.log"
+    try:
+        ray_tune.start(
+            options.address,
+            start_log,
+            verbose=options.verbose,
+            connect_timeout=options.connect_timeout,
+        )
+        ray_tune.check_resources(_resources(spec, options))
+        record = prepare_sweep(spec, options, name=name)
+        sweep_dir = Path(record.context.sweep_dir)
+        with start_log.open() as source, (sweep_dir / ray_tune.RAY_LOG).open("a") as target:
+            shutil.copyfileobj(source, target)
+    finally:
+        start_log.unlink(missing_ok=True)
+    return run_sweep(sweep_dir, options)
 
 
 def run_sweep(
     sweep_dir: Path, options: SweepOptions, restore: ray_tune.Restore | None = None
 ) -> pd.DataFrame:
-    """Run a prepared sweep to the end: a new Tuner, or ``Tuner.restore`` when ``restore`` is
-    given or Tune already saved the sweep's state (a requeued SLURM job); the trials table."""
+    """Run a prepared sweep to the end, holding its driver lock: a new Tuner, or
+    ``Tuner.restore`` when ``restore`` is given or Tune already saved the sweep's state (a
+    requeued SLURM job); the trials table. A sweep whose Tune state cannot be restored (a full
+    disk left it empty) is rebuilt from signlock's own records when it is a grid."""
     record = SweepRecord.read(sweep_dir)
     context = record.context
     spec = SweepSpec.from_dict(context.spec)
-    saved = ray_tune.has_saved_state(sweep_dir)
-    if restore is None and saved:
-        restore = ray_tune.Restore()
-    if restore is not None and not saved:  # stopped before Tune saved anything: start afresh
-        restore = None
-    if restore is not None:
-        client = tracking.MlflowClient(context.tracking_uri)
-        tracking.reopen_sweep_run(client, context.parent_run_id)
-    settings = _tune_settings(spec, record, options)
-    ray_tune.fit(spec, context, settings, record.n_trials, restore=restore)
-    return finalize_sweep(spec, context)
+    with driver_lock(sweep_dir):
+        resuming = restore is not None or ray_tune.has_saved_state(sweep_dir)
+        restore = _restore_plan(sweep_dir, spec, restore)
+        ray_tune.start(
+            options.address,
+            sweep_dir / ray_tune.RAY_LOG,
+            verbose=options.verbose,
+            connect_timeout=options.connect_timeout,
+        )
+        ray_tune.check_resources(record.resources)
+        if restore is not None and restore.restart_errored:
+            _start_over_errored(sweep_dir)
+        if resuming:
+            tracking.reopen_sweep_run(tracking.MlflowClient(context.tracking_uri),
+                                      context.parent_run_id)  # fmt: skip
+        settings = _tune_settings(spec, record, options)
+        ray_tune.fit(spec, context, settings, record.n_trials, restore=restore)
+        return finalize_sweep(spec, context, record.n_trials)
+
+
+def _restore_plan(
+    sweep_dir: Path, spec: SweepSpec, restore: ray_tune.Restore | None
+) -> ray_tune.Restore | None:
+    """How to continue: ``Tuner.restore`` with these options, or None for a new Tuner (nothing
+    saved yet, or a grid whose unreadable Tune state is set aside and rebuilt: its trials
+    continue from their records and checkpoints, finished ones are not rerun)."""
+    if not ray_tune.has_saved_state(sweep_dir):
+        return None
+    restore = restore or ray_tune.Restore()
+    problem = ray_tune.unrestorable_reason(sweep_dir)
+    if problem is None:
+        return restore
+    if spec.search != "grid":
+        raise SignlockError(
+            f"cannot resume sweep {sweep_dir.name}: Tune's state cannot be restored ({problem}) "
+            f"and a {spec.search} search cannot be rebuilt without it"
+        )
+    aside = ray_tune.set_aside_state(sweep_dir, f"tune-state-unrestorable-{int(time.time())}")
+    print(
+        f"Tune's state of sweep {sweep_dir.name} cannot be restored ({problem}; moved to "
+        f"{aside.name}/): rebuilding the sweep from signlock's records — finished trials are "
+        "kept, the others continue from their checkpoints",
+        file=sys.stderr,
+    )
+    return None
+
+
+def _start_over_errored(sweep_dir: Path) -> None:
+    """``--restart-errored``: the user asked to drop errored trials' checkpoints."""
+    table = trial_table(sweep_dir, driven=False)
+    for name in table.loc[table["status"] == "ERROR", "name"] if len(table) else []:
+        start_over(sweep_dir / RUNS_DIR / name)
 
 
 def resume_sweep(
@@ -272,7 +377,13 @@ def _tune_settings(
         objectives=objectives(spec),
         progress=options.progress,
         verbose=options.verbose,
+        finished=tuple(finished_trials(Path(record.context.sweep_dir))),
     )
+
+
+def finished_trials(sweep_dir: Path) -> list[str]:
+    table = trial_table(sweep_dir, driven=False)
+    return list(table.loc[table["status"] == "TERMINATED", "name"]) if len(table) else []
 
 
 def _mlflow_experiment(options: SweepOptions) -> tuple[Any, str]:
@@ -291,13 +402,13 @@ def _mlflow_experiment(options: SweepOptions) -> tuple[Any, str]:
 
 
 def trials_table(states: pd.DataFrame, summaries: pd.DataFrame) -> pd.DataFrame:
-    """Tune's view of every trial (status, failures, last metrics, error) with each finished
-    trial's results taken from its row in ``summaries/``."""
+    """The scheduler's view of every trial (status, failures, last metrics, error) with each
+    finished trial's results taken from its row in ``summaries/``. Integers stay integers."""
     table = states.copy()
     finished = table["name"].isin(summaries.index) & (table["status"] == "TERMINATED")
     if finished.any():
         rows = summaries.loc[table.loc[finished, "name"]]
-        table.loc[finished, "step"] = rows["steps"].to_numpy()
+        table.loc[finished, "step"] = rows["steps"].astype("int64").to_numpy()
         for metric in RESULT_METRICS:
             if metric in rows:
                 table.loc[finished, metric] = rows[metric].to_numpy()
@@ -305,25 +416,34 @@ def trials_table(states: pd.DataFrame, summaries: pd.DataFrame) -> pd.DataFrame:
 
 
 def finalize_sweep(
-    spec: SweepSpec, context: SweepContext, states: pd.DataFrame | None = None
+    spec: SweepSpec,
+    context: SweepContext,
+    n_planned: int,
+    states: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Write trials.csv / pareto.csv, attach them to the parent run and close it. ``states``:
-    the scheduler's view of every trial (default: Ray Tune's)."""
+    the scheduler's view of every trial (default: signlock's trial records)."""
     sweep_dir = Path(context.sweep_dir)
     if states is None:
-        states = ray_tune.trial_table(sweep_dir, context)
+        states = trial_table(sweep_dir, driven=False)
     table = trials_table(states, read_summaries(sweep_dir))
     client = tracking.MlflowClient(context.tracking_uri)
-    table.to_csv(sweep_dir / "trials.csv", index=False)
+    write_csv(table, sweep_dir / "trials.csv")
     client.log_artifact(context.parent_run_id, str(sweep_dir / "trials.csv"))
     pareto = _pareto(spec, table)
     if pareto is not None:
-        pareto.to_csv(sweep_dir / "pareto.csv", index=False)
+        write_csv(pareto, sweep_dir / "pareto.csv")
         client.log_artifact(context.parent_run_id, str(sweep_dir / "pareto.csv"))
     counts = table["status"].value_counts() if len(table) else pd.Series(dtype=int)
+    if counts.get("INTERRUPTED", 0):
+        interrupted = table.loc[table["status"] == "INTERRUPTED", "name"]
+        tracking.mark_trials_interrupted(
+            client, context.experiment_id, context.parent_run_id, interrupted
+        )
     n_errors = int(counts.get("ERROR", 0))
-    n_unfinished = len(table) - n_errors - int(counts.get("TERMINATED", 0))
+    n_unfinished = max(n_planned, len(table)) - n_errors - int(counts.get("TERMINATED", 0))
     tracking.close_sweep_run(client, context.parent_run_id, len(table), n_errors, n_unfinished)
+    table.attrs["n_planned"] = n_planned
     return table
 
 

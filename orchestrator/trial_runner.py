@@ -14,10 +14,12 @@ directory (shared by all workers: a laptop, or a cluster's shared filesystem)::
 spec name plus a hash of the sampled values, so a restarted trial keeps its run directory and its
 MLflow run.
 
-Checkpoints live only in the run directory (``checkpoints/latest.pt``, every ``checkpoint_every``
-steps). A new attempt of the same scheduler trial (a retry after a crash, a resumed sweep)
-continues from it; an attempt under a new trial id for the same name (``--restart-errored``)
-starts from scratch.
+Checkpoints live only in the run directory (``checkpoints/latest.pt`` and the one before it,
+every ``checkpoint_every`` steps). Every start of a trial continues from its newest readable
+checkpoint, whatever the scheduler's trial id; a finished trial is not run again. Only the
+driver deletes a checkpoint, and only when the user asks (``--restart-errored``:
+:func:`start_over`). The runner records the trial's state in ``runs/<trial>/trial.json``
+(:mod:`signlock.orchestrator.trial_record`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +39,21 @@ import pyarrow.dataset as pads
 import torch
 
 from signlock.orchestrator.tracking import TrialRun, finite_metrics, flatten_params
+from signlock.orchestrator.trial_record import (
+    FAILED,
+    FINISHED,
+    INTERRUPTED,
+    RUNNING,
+    RUNS_DIR,
+    TRIAL_STATE,
+    TrialState,
+)
 from signlock.search_spaces.spec import SweepSpec
 from signlock.trainables.config import TrialConfig
 from signlock.trainables.errors import ConfigError, TrainingDivergedError
+from signlock.trainables.files import read_json, write_json, write_parquet, write_text
 from signlock.trainables.schema import FLIP_OBJECTIVE, VALIDATION_METRICS
-from signlock.trainables.trainer import CHECKPOINT_NAME, Trial, checkpoint_step
+from signlock.trainables.trainer import CHECKPOINT_NAME, Restored, Trial, checkpoint_files
 
 DIVERGED_MARKER = "diverged.json"
 ATTEMPTS_LOG = "attempts.jsonl"
@@ -133,43 +145,36 @@ def attempts_of(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def start_over(run_dir: Path) -> None:
-    """Make the next start of this trial begin at step 0: drop its checkpoint and its
-    divergence marker (its outputs are rewritten as it runs)."""
-    checkpoint = run_dir / "checkpoints" / CHECKPOINT_NAME
-    for stale in (checkpoint, checkpoint.with_suffix(".json"), run_dir / DIVERGED_MARKER):
-        stale.unlink(missing_ok=True)
+    """Make the next start of this trial begin at step 0 (``--restart-errored``): drop its
+    checkpoints, its divergence marker and its record (its outputs are rewritten as it runs)."""
+    for checkpoint in checkpoint_files(run_dir / "checkpoints" / CHECKPOINT_NAME):
+        checkpoint.unlink(missing_ok=True)
+        checkpoint.with_suffix(".json").unlink(missing_ok=True)
+    (run_dir / DIVERGED_MARKER).unlink(missing_ok=True)
+    (run_dir / TRIAL_STATE).unlink(missing_ok=True)
 
 
-def _start_over_unless_continuing(run_dir: Path, trial_id: str) -> None:
-    """A run directory last used by another scheduler trial of this name was restarted from
-    scratch (``--restart-errored``): start over."""
-    attempts = attempts_of(run_dir)
-    previous = attempts[-1].get("trial_id", trial_id) if attempts else trial_id
-    if previous != trial_id:
-        start_over(run_dir)
-
-
-def _record_attempt(run_dir: Path, trial_id: str, from_step: int) -> float:
-    """Append this start to ``attempts.jsonl``; returns its start time."""
+def _record_attempt(run_dir: Path, trial_id: str, restored: Restored | None) -> float:
+    """Add this start to ``attempts.jsonl`` (rewritten atomically); returns its start time."""
     started = time.time()
-    entry = {
-        "attempt": len(attempts_of(run_dir)) + 1,
+    attempts = attempts_of(run_dir)
+    entry: dict[str, Any] = {
+        "attempt": len(attempts) + 1,
         "trial_id": trial_id,
-        "from_step": from_step,
+        "from_step": restored.step if restored is not None else 0,
         "t": started,
     }
-    with (run_dir / ATTEMPTS_LOG).open("a") as handle:
-        handle.write(json.dumps(entry) + "\n")
+    if restored is not None and restored.skipped:
+        entry["resumed_from"] = restored.path.name
+        entry["skipped"] = list(restored.skipped)
+    lines = [json.dumps(attempt) for attempt in [*attempts, entry]]
+    write_text(run_dir / ATTEMPTS_LOG, "\n".join(lines) + "\n")
     return started
 
 
 def write_partition(sweep_dir: Path, dataset: str, trial: str, table: pd.DataFrame) -> None:
     """Hive-partitioned ``<dataset>/trial=<name>/part-0.parquet``, replaced atomically."""
-    directory = sweep_dir / dataset / f"trial={trial}"
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / "part-0.parquet.tmp"
-    table.to_parquet(tmp, index=False)
-    tmp.replace(directory / "part-0.parquet")
+    write_parquet(table, sweep_dir / dataset / f"trial={trial}" / "part-0.parquet")
 
 
 def read_summaries(sweep_dir: Path) -> pd.DataFrame:
@@ -206,7 +211,7 @@ def _check_diverged(run_dir: Path) -> None:
     """A run that diverged diverges again from the same checkpoint: fail fast on retries."""
     marker = run_dir / DIVERGED_MARKER
     if marker.exists():
-        raise TrainingDivergedError(json.loads(marker.read_text())["reason"])
+        raise TrainingDivergedError(read_json(marker)["reason"])
 
 
 def run_sweep_trial(
@@ -215,9 +220,11 @@ def run_sweep_trial(
     """Run (or continue) one trial of the sweep; its final metrics for the scheduler."""
     cfg = resolve_trial_config(context, config)
     sweep_dir = Path(context.sweep_dir)
-    run_dir = sweep_dir / "runs" / cfg.name
+    run_dir = sweep_dir / RUNS_DIR / cfg.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    _start_over_unless_continuing(run_dir, trial_id)
+    finished = _finished_result(run_dir, sweep_dir, cfg)
+    if finished is not None:  # a rebuilt sweep (its Tune state was lost) meets a done trial
+        return finished
     mlflow_run = TrialRun(
         context.tracking_uri,
         context.experiment_id,
@@ -227,32 +234,91 @@ def run_sweep_trial(
         trial_id,
     )
     mlflow_run.open(flatten_params(cfg.to_dict()))
-    faults = [f for f in context.faults if f.trial_name == cfg.name]
+    attempt = len(attempts_of(run_dir)) + 1
+    state = TrialState(cfg.name, trial_id, RUNNING, attempt, varied=varied_fields(context, cfg))
     try:
-        _check_diverged(run_dir)
-        trial = Trial(cfg, run_dir, progress=False)
-        from_step = max(checkpoint_step(trial.checkpoint_path), 0)
-        started = _record_attempt(run_dir, trial_id, from_step)
-
-        def on_row(row: dict[str, float], _saved: Path | None) -> None:
-            mlflow_run.log_rows([row])
-            for fault in faults:
-                if int(row["step"]) == fault.step:
-                    _inject(fault, trial, run_dir)
-            report({**finite_metrics(row), **running_objectives(trial.rows)})
-
-        summary = trial.run(on_row)
+        summary, started = _train(cfg, context, run_dir, mlflow_run, state, report)
     except TrainingDivergedError as error:
-        (run_dir / DIVERGED_MARKER).write_text(json.dumps({"reason": str(error)}))
+        write_json(run_dir / DIVERGED_MARKER, {"reason": str(error)})
+        _ended(run_dir, state, FAILED, f"TrainingDivergedError: {error}")
         mlflow_run.fail(f"TrainingDivergedError: {error}", run_dir)
         raise
+    except (KeyboardInterrupt, SystemExit):  # the sweep was stopped: resumable, not failed
+        _ended(run_dir, state, INTERRUPTED, None)
+        mlflow_run.interrupted()
+        raise
     except BaseException as error:
+        _ended(run_dir, state, FAILED, f"{type(error).__name__}: {error}")
         mlflow_run.fail(f"{type(error).__name__}: {error}", run_dir)
         raise
     mlflow_run.finish(summary, run_dir)
     timing = {"attempt_started_at": started, "finished_at": time.time()}
     _write_sweep_tables(sweep_dir, cfg, {**summary, **timing}, run_dir)
+    last = TrialState.read(run_dir) or state
+    steps = summary["steps"]
+    replace(last, state=FINISHED, step=steps, checkpoint_step=steps).write(run_dir)
+    return _result(summary)
+
+
+def _train(
+    cfg: TrialConfig,
+    context: SweepContext,
+    run_dir: Path,
+    mlflow_run: TrialRun,
+    state: TrialState,
+    report: Report,
+) -> tuple[dict[str, Any], float]:
+    """The attempt itself: restore, train (logging and reporting each row), the summary."""
+    _check_diverged(run_dir)
+    trial = Trial(cfg, run_dir, progress=False)
+    restored = trial.restore()
+    started = _record_attempt(run_dir, state.trial_id, restored)
+    if restored is not None and restored.skipped:
+        mlflow_run.resumed_from(f"checkpoints/{restored.path.name}", restored.skipped)
+    from_step = restored.step if restored is not None else 0
+    current = replace(state, step=from_step, checkpoint_step=from_step if restored else -1)
+    current = current.write(run_dir)
+    faults = [f for f in context.faults if f.trial_name == cfg.name]
+
+    def on_row(row: dict[str, float], saved: Path | None) -> None:
+        nonlocal current
+        mlflow_run.log_rows([row])
+        objectives = running_objectives(trial.rows)
+        step = int(row["step"])
+        checkpoint = step if saved is not None else current.checkpoint_step
+        current = replace(
+            current, step=step, checkpoint_step=checkpoint, metrics=finite_metrics(objectives)
+        ).write(run_dir)
+        for fault in faults:
+            if step >= fault.step:  # the first logged step at or after STEP
+                _inject(fault, trial, run_dir)
+        report({**finite_metrics(row), **objectives})
+
+    return trial.run(on_row), started
+
+
+def _ended(run_dir: Path, state: TrialState, how: str, error: str | None) -> None:
+    last = TrialState.read(run_dir) or state
+    replace(last, state=how, error=error[:2000] if error else None).write(run_dir)
+
+
+def _result(summary: dict[str, Any]) -> dict[str, float]:
     return {**finite_metrics(summary), "step": summary["steps"], "finished": 1.0}
+
+
+def _finished_result(run_dir: Path, sweep_dir: Path, cfg: TrialConfig) -> dict[str, float] | None:
+    """The result of a trial that already finished (its record, summary and final checkpoint
+    agree), writing its sweep tables if they were lost; None when it has to run."""
+    state = TrialState.read(run_dir)
+    summary_path = run_dir / "summary.json"
+    if state is None or state.state != FINISHED or not summary_path.is_file():
+        return None
+    summary = read_json(summary_path)
+    if summary.get("steps") != cfg.steps:
+        return None
+    if not (sweep_dir / "summaries" / f"trial={cfg.name}").is_dir():
+        _write_sweep_tables(sweep_dir, cfg, summary, run_dir)
+    return _result(summary)
 
 
 def _write_sweep_tables(

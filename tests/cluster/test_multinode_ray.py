@@ -21,7 +21,7 @@ import pytest
 
 from signlock.cluster.ray_cluster import auth_environment, ensure_auth_token, free_port
 from tests.cluster.test_slurm_sweeps import midway, wait_for
-from tests.orchestrator.test_sweep import check_sweep_outputs, flips_dataset, sweep_args
+from tests.orchestrator.test_sweep import check_sweep_outputs, histograms_by_point, sweep_args
 
 pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -152,8 +152,6 @@ def test_a_trial_survives_its_worker_nodes_raylet_being_killed(
     reference = cli(*sweep_args(spec, "reference", sweep_root, tracking_uri))
     assert reference.returncode == 0, reference.stderr[-3000:]
 
-    def histograms(sweep: str) -> pd.DataFrame:
-        flips = flips_dataset(sweep_root, sweep).astype({"trial": str})
-        return flips.sort_values(["trial", "tensor", "k"], ignore_index=True)
-
-    pd.testing.assert_frame_equal(histograms("multinode"), histograms("reference"))
+    pd.testing.assert_frame_equal(
+        histograms_by_point(sweep_root, "multinode"), histograms_by_point(sweep_root, "reference")
+    )

@@ -17,7 +17,7 @@ from signlock.orchestrator.submit import cancel_sweep
 from tests.orchestrator.test_sweep import (
     check_sweep_outputs,
     checkpoint_steps,
-    flips_dataset,
+    histograms_by_point,
     sweep_runs,
     wait_for_ray_to_exit,
 )
@@ -110,11 +110,9 @@ def test_a_cancelled_slurm_sweep_resumes_to_the_histograms_of_an_uninterrupted_o
     reference = cli("sweep", str(spec), "--name", "reference", "--quiet", *common)
     assert reference.returncode == 0, reference.stderr[-3000:]
 
-    def histograms(sweep: str) -> pd.DataFrame:
-        flips = flips_dataset(sweep_root, sweep).astype({"trial": str})
-        return flips.sort_values(["trial", "tensor", "k"], ignore_index=True)
-
-    pd.testing.assert_frame_equal(histograms("cancelled"), histograms("reference"))
+    pd.testing.assert_frame_equal(
+        histograms_by_point(sweep_root, "cancelled"), histograms_by_point(sweep_root, "reference")
+    )
 
 
 def requeued_midway(
@@ -193,14 +191,16 @@ def test_array_mode_runs_one_task_per_trial_and_a_resubmission_only_the_unfinish
     reference = cli("sweep", str(spec), "--name", "reference", "--quiet", *common)
     assert reference.returncode == 0, reference.stderr[-3000:]
 
-    def histograms(sweep: str) -> pd.DataFrame:
-        flips = flips_dataset(sweep_root, sweep).astype({"trial": str})
-        return flips.sort_values(["trial", "tensor", "k"], ignore_index=True)
+    pd.testing.assert_frame_equal(
+        histograms_by_point(sweep_root, "array"), histograms_by_point(sweep_root, "reference")
+    )
 
-    pd.testing.assert_frame_equal(histograms("array"), histograms("reference"))
-    ours = pd.read_csv(sweep_dir / "trials.csv").set_index("name")["val_ppl"].sort_index()
-    theirs = pd.read_csv(sweep_root / "reference" / "trials.csv").set_index("name")["val_ppl"]
-    pd.testing.assert_series_equal(ours, theirs.sort_index())
+    def val_ppl_by_point(sweep: str) -> pd.Series:
+        table = pd.read_csv(sweep_root / sweep / "trials.csv")
+        table["point"] = table["name"].str.rsplit("-", n=1).str[-1]  # named after the sweep
+        return table.set_index("point")["val_ppl"].sort_index()
+
+    pd.testing.assert_series_equal(val_ppl_by_point("array"), val_ppl_by_point("reference"))
 
 
 def test_usr2_before_the_time_limit_requeues_the_job_through_submitit(

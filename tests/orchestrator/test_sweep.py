@@ -41,6 +41,14 @@ def flips_dataset(root: Path, sweep: str) -> pd.DataFrame:
     return dataset.to_table().to_pandas()
 
 
+def histograms_by_point(root: Path, sweep: str) -> pd.DataFrame:
+    """The sweep's K histograms with each trial named by its grid point (``0003`` of
+    ``SWEEP-0003``: trials are named after their sweep), to compare two sweeps of one spec."""
+    flips = flips_dataset(root, sweep).astype({"trial": str})
+    flips["trial"] = flips["trial"].str.rsplit("-", n=1).str[-1]
+    return flips.sort_values(["trial", "tensor", "k"], ignore_index=True)
+
+
 def names_by_trial(root: Path, sweep: str) -> dict[str, str]:
     runs = root / sweep / "runs"
     return {d.name: json.loads((d / "config.json").read_text())["name"] for d in runs.iterdir()}
@@ -248,7 +256,8 @@ def test_sigkill_driver_then_resume_finishes_every_trial_exactly_once(
     reference_ids = {name: tid for tid, name in names_by_trial(sweep_root, "reference").items()}
     for trial_id, name in killed_names.items():
         ours = pd.read_parquet(sweep_dir / "runs" / trial_id / "flips.parquet")
-        theirs_dir = sweep_root / "reference" / "runs" / reference_ids[name]
+        reference_name = name.replace("killed-", "reference-", 1)  # trials are named after sweeps
+        theirs_dir = sweep_root / "reference" / "runs" / reference_ids[reference_name]
         pd.testing.assert_frame_equal(ours, pd.read_parquet(theirs_dir / "flips.parquet"))
         ours_summary = json.loads((sweep_dir / "runs" / trial_id / "summary.json").read_text())
         theirs_summary = json.loads((theirs_dir / "summary.json").read_text())
@@ -270,8 +279,18 @@ def test_ctrl_c_stops_the_sweep_cleanly_and_resume_finishes_it(
     _, stderr = driver.communicate(timeout=120)
     assert driver.returncode == 130, stderr.decode()[-3000:]
     assert "signlock resume" in stderr.decode()
-    parents, _ = sweep_runs(tracking_uri, "interrupted")
+    terminal = stderr.decode()
+    assert "WARNING" not in terminal and "Traceback" not in terminal, terminal[-3000:]
+    parents, children = sweep_runs(tracking_uri, "interrupted")
     assert parents[0].info.status == "KILLED"
+    # The trials that were running are interrupted, not failed, and say where they stopped.
+    assert children and all(c.info.status in ("KILLED", "FINISHED") for c in children)
+    assert all("signlock.error" not in c.data.tags for c in children)
+    status = cli("status", str(sweep_dir))
+    assert status.returncode == 0, status.stderr
+    assert "interrupted (checkpoint at step" in status.stdout and "ERROR" not in status.stdout
+    step_column = pd.read_csv(sweep_dir / "trials.csv", dtype=str)["step"]
+    assert not step_column.str.contains(".", regex=False).any()  # integers stay integers
 
     resumed = cli("resume", str(sweep_dir), "--quiet")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -284,12 +303,15 @@ def test_crashed_trial_is_retried_and_nan_trial_errors_while_the_rest_complete(
 ):
     spec_path = write_spec(tiny_spec())
     spec = load_spec(str(spec_path))
-    names = [overrides["name"] for overrides in spec.grid_overrides()]
+    names = [f"faults-{i:04d}" for i in range(spec.n_trials())]  # named after the sweep
     crash, diverge = names[0], names[1]
     result = cli(
         *sweep_args(spec_path, "faults", sweep_root, tracking_uri),
-        "--inject-fault", f"{crash}:30:raise", "--inject-fault", f"{diverge}:20:nan",
-    )  # fmt: skip
+        "--inject-fault",
+        f"{crash}:25:raise",
+        "--inject-fault",
+        f"{diverge}:20:nan",
+    )  # fmt: skip  25 is not a logged step (every 10): the fault fires at step 30
     assert result.returncode == 1, result.stderr[-3000:]
     trials = pd.read_csv(sweep_root / "faults" / "trials.csv").set_index("name")
     assert trials.loc[diverge, "status"] == "ERROR"

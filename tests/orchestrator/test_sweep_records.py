@@ -15,9 +15,10 @@ from signlock.orchestrator.trial_runner import (
     FaultInjection,
     SweepContext,
     _record_attempt,
-    _start_over_unless_continuing,
+    start_over,
 )
 from signlock.trainables.errors import ConfigError
+from signlock.trainables.trainer import Restored
 
 
 def make_record(tmp_path) -> SweepRecord:
@@ -72,26 +73,47 @@ def test_trials_table_takes_finished_results_from_summaries_and_keeps_tunes_view
 def write_checkpoint(run_dir):
     checkpoints = run_dir / "checkpoints"
     checkpoints.mkdir(parents=True)
-    (checkpoints / "latest.pt").write_bytes(b"weights")
-    (checkpoints / "latest.json").write_text('{"step": 40}')
+    for name in ("latest", "previous"):
+        (checkpoints / f"{name}.pt").write_bytes(b"weights")
+        (checkpoints / f"{name}.json").write_text('{"step": 40}')
     (run_dir / DIVERGED_MARKER).write_text('{"reason": "nan"}')
+    (run_dir / "trial.json").write_text("{}")
 
 
-def test_a_new_attempt_of_the_same_tune_trial_continues_its_checkpoint(tmp_path):
+def test_start_over_drops_both_checkpoints_the_divergence_marker_and_the_record(tmp_path):
     write_checkpoint(tmp_path)
-    _record_attempt(tmp_path, "t_00001", 0)
-    _start_over_unless_continuing(tmp_path, "t_00001")
-    assert (tmp_path / "checkpoints" / "latest.pt").exists()
-    assert (tmp_path / DIVERGED_MARKER).exists()
+    start_over(tmp_path)  # only the driver calls it, for --restart-errored
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == []
+    assert not (tmp_path / DIVERGED_MARKER).exists() and not (tmp_path / "trial.json").exists()
 
 
-def test_a_restarted_trial_under_a_new_tune_id_starts_from_scratch(tmp_path):
-    write_checkpoint(tmp_path)
-    _record_attempt(tmp_path, "t_00001", 0)
-    _start_over_unless_continuing(tmp_path, "t_00009")  # --restart-errored: Tune's new id
-    assert not (tmp_path / "checkpoints" / "latest.pt").exists()
-    assert not (tmp_path / "checkpoints" / "latest.json").exists()
-    assert not (tmp_path / DIVERGED_MARKER).exists()
-    _record_attempt(tmp_path, "t_00009", 0)
+def test_attempts_record_the_scheduler_id_and_an_older_checkpoint_resumed_from(tmp_path):
+    _record_attempt(tmp_path, "t_00001", None)
+    skipped = ("unreadable file latest.pt: truncated",)
+    _record_attempt(tmp_path, "t_00009", Restored(20, tmp_path / "previous.pt", skipped))
     attempts = [json.loads(x) for x in (tmp_path / "attempts.jsonl").read_text().splitlines()]
-    assert [(a["attempt"], a["trial_id"]) for a in attempts] == [(1, "t_00001"), (2, "t_00009")]
+    assert [(a["attempt"], a["trial_id"], a["from_step"]) for a in attempts] == [
+        (1, "t_00001", 0),
+        (2, "t_00009", 20),
+    ]
+    assert attempts[1]["resumed_from"] == "previous.pt" and attempts[1]["skipped"] == list(skipped)
+
+
+def test_trial_records_keep_integers_integers_in_trials_csv(tmp_path):
+    from signlock.orchestrator.trial_record import SchedulerState, TrialState, trial_table
+    from signlock.trainables.files import write_csv
+
+    for index, rank in enumerate((2, None)):
+        run_dir = tmp_path / "runs" / f"s-{index:04d}"
+        run_dir.mkdir(parents=True)
+        varied = {"config.init.template_rank": rank, "config.init.a_init": 0.02}
+        TrialState(f"s-{index:04d}", f"t_{index}", "interrupted", 1, step=60,
+                   checkpoint_step=60, varied=varied).write(run_dir)  # fmt: skip
+        SchedulerState(f"t_{index}", "RUNNING").write(run_dir)
+    table = trials_table(trial_table(tmp_path, driven=False), pd.DataFrame())
+    write_csv(table, tmp_path / "trials.csv")
+    text = pd.read_csv(tmp_path / "trials.csv", dtype=str)
+    assert text["config.init.template_rank"].fillna("").tolist() == ["2", ""]
+    assert text["step"].tolist() == ["60", "60"]
+    assert text["config.init.a_init"].tolist() == ["0.02", "0.02"]
+    assert (table["status"] == "INTERRUPTED").all()
