@@ -815,10 +815,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `signlock presets | head`: the reader left; no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except OSError as error:
+    except Exception as error:  # a full disk reached through a library: one line, not a traceback
         if not is_disk_full(error):
             raise
-        print(f"signlock: error: no space left on device writing {error.filename}", file=sys.stderr)
+        where = getattr(error, "filename", None) or "the MLflow store or the sweep directory"
+        print(f"signlock: error: no space left on device writing {where}", file=sys.stderr)
         return 1
 
 

@@ -288,10 +288,18 @@ def check_resources(resources: dict[str, float]) -> None:
                       allowed)  # fmt: skip
 
 
+class _LogFileHandler(logging.FileHandler):
+    """A log file that never prints a traceback on the terminal when it cannot be written (a
+    full disk is reported once, by what failed to save)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        return
+
+
 def _send_ray_logs_to(path: Path) -> None:
     """Ray's and Tune's own log records (the ``ray`` logger tree) go to ``path`` instead of the
     terminal. Call after ``ray.init``, which may install its terminal handler again."""
-    handler = logging.FileHandler(path)
+    handler = _LogFileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     ray_logger = logging.getLogger("ray")
     for old in list(ray_logger.handlers):

@@ -13,6 +13,7 @@ from typing import Any
 
 from signlock.orchestrator.trial_runner import SweepContext
 from signlock.trainables.errors import ConfigError
+from signlock.trainables.files import write_json
 
 SWEEP_FILE = "signlock-sweep.json"
 
@@ -61,9 +62,7 @@ class SweepRecord:
         )
 
     def write(self, sweep_dir: Path) -> None:
-        tmp = sweep_dir / f"{SWEEP_FILE}.tmp"  # `status` may read it while a job is submitted
-        tmp.write_text(json.dumps(self.to_dict(), indent=2))
-        tmp.replace(sweep_dir / SWEEP_FILE)
+        write_json(sweep_dir / SWEEP_FILE, self.to_dict(), indent=2)  # `status` may read it now
 
     @staticmethod
     def read(sweep_dir: Path) -> SweepRecord:

@@ -54,13 +54,17 @@ class UnreadableFileError(SignlockError):
         super().__init__(f"unreadable file {path}: {reason}")
 
 
+# What a full disk says through libraries that drop the errno (pyarrow, sqlite via SQLAlchemy).
+DISK_FULL_MESSAGES = ("[Errno 28]", "No space left on device", "database or disk is full")
+
+
 def is_disk_full(error: BaseException | None) -> bool:
     """ENOSPC or EDQUOT, also when a library wrapped it (torch's writer raises a RuntimeError
-    whose context is the OSError; pyarrow's message carries the errno)."""
+    whose context is the OSError; pyarrow's and sqlite's messages say so)."""
     while error is not None:
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
-        if "[Errno 28]" in str(error) or "No space left on device" in str(error):
+        if any(text in str(error) for text in DISK_FULL_MESSAGES):
             return True
         error = error.__cause__ or error.__context__
     return False

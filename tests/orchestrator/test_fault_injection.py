@@ -257,3 +257,57 @@ def test_unknown_sweeps_and_exclusive_flags_are_refused_in_one_line(cli, sweep_r
         assert result.stderr.strip() == expected
     both = cli("resume", "x", "--restart-errored", "--skip-errored")
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 40 MiB tmpfs for the sweep directory and the sqlite store (needs root)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)],
+                          capture_output=True)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    filler = directory / "filler"
+    with filler.open("wb", buffering=0) as handle:
+        for chunk in (1 << 16, 4096, 1):
+            try:
+                while True:
+                    handle.write(b"\0" * chunk)
+            except OSError:
+                continue
+    return filler
+
+
+def test_a_full_disk_mid_sweep_then_resume_finishes_every_trial_from_its_checkpoint(
+    tmp_path, cli, write_spec, tiny_spec, signlock_command, small_disk
+):
+    storage, uri = small_disk / "sweeps", f"sqlite:///{small_disk / 'mlflow.db'}"
+    spec = tiny_spec(
+        axes={"init.a_init": {"grid": [0.02]}}, set={**tiny_spec()["set"], "steps": 200}
+    )
+    args = sweep_args(write_spec(spec), "full", storage, uri, "--max-concurrent", "2")
+    driver = subprocess.Popen([*signlock_command, *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+    sweep_dir = storage / "full"
+    wait_until(lambda: any(s >= 20 for s in checkpoint_steps(sweep_dir).values()), driver)
+    filler = fill(small_disk)
+    _, stderr = driver.communicate(timeout=600)
+    assert driver.returncode == 1 and "Traceback" not in stderr, stderr[-3000:]
+    saved = checkpoint_steps(sweep_dir)
+    filler.unlink()
+    wait_for_ray_to_exit()
+
+    resumed = cli("resume", "full", "--storage", str(storage), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    trials = pd.read_csv(sweep_dir / "trials.csv")
+    assert len(trials) == 2 and (trials["status"] == "TERMINATED").all()
+    for name, step in saved.items():
+        if step >= 20:  # its checkpoint was kept and continued, not deleted
+            assert max(a["from_step"] for a in attempts(sweep_dir / "runs" / name)) >= 20
+    check_sweep_outputs(uri, storage, "full", 2)

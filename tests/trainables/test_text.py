@@ -13,7 +13,7 @@ import torch
 
 from signlock.trainables.config import DataConfig
 from signlock.trainables.downloads import DATASETS
-from signlock.trainables.errors import ConfigError, DatasetError
+from signlock.trainables.errors import ConfigError, DatasetError, InputNotFoundError
 from signlock.trainables.text import LMData, decode, lm_batch, load_lm_data, synthetic_corpus
 
 TS_LEN = 1_115_394  # bytes == characters in Tiny Shakespeare (all ASCII)
@@ -69,7 +69,7 @@ def test_text8_zip_member(tmp_path: Path) -> None:
 
 
 def test_missing_path_and_empty_text(tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match=r"data\.path"):
+    with pytest.raises(InputNotFoundError, match=r"not found: .*nope\.txt"):
         load_lm_data(DataConfig(dataset="text-file", path=str(tmp_path / "nope.txt")))
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(DatasetError, match="no text"):
