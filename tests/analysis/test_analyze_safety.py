@@ -140,8 +140,11 @@ def test_a_sweep_without_finished_trials_is_one_line_and_creates_nothing(finishe
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", ["analyze", "report"])
-@pytest.mark.parametrize("dataset", ["flips", "summaries", "tensor_metrics"])
+@pytest.mark.parametrize(
+    ("command", "dataset"),
+    [("analyze", "flips"), ("analyze", "summaries"), ("analyze", "tensor_metrics"),
+     ("report", "flips"), ("report", "tensor_metrics")],
+)  # fmt: skip
 def test_a_garbled_partition_is_one_line_naming_the_file(
     finished_sweep, tmp_path, command, dataset
 ):
