@@ -80,3 +80,29 @@ def local_slurm() -> Iterator[str]:
     yield "debug"
     if not already_up:
         subprocess.run([LOCAL_SLURM, "down"], capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A real 40 MiB tmpfs to fill up (mounting needs root, as CI and these machines run)."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)],
+                          capture_output=True)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill_disk(directory: Path) -> Path:
+    """Write zeros into ``directory`` until its filesystem has not one byte left."""
+    filler = directory / "filler"
+    with filler.open("wb", buffering=0) as handle:
+        for chunk in (1 << 16, 4096, 1):
+            try:
+                while True:
+                    handle.write(b"\0" * chunk)
+            except OSError:
+                continue
+    return filler

@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from signlock.search_spaces.files import load_spec
 from signlock.trainables.trainer import run_trial
+from tests.conftest import fill_disk
 from tests.orchestrator.test_sweep import (
     check_sweep_outputs,
     checkpoint_steps,
@@ -234,35 +235,10 @@ def test_unknown_sweeps_and_exclusive_flags_are_refused_in_one_line(cli, sweep_r
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real 40 MiB tmpfs for the sweep directory and the sqlite store (needs root)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)],
-                          capture_output=True)  # fmt: skip
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(directory: Path) -> Path:
-    filler = directory / "filler"
-    with filler.open("wb", buffering=0) as handle:
-        for chunk in (1 << 16, 4096, 1):
-            try:
-                while True:
-                    handle.write(b"\0" * chunk)
-            except OSError:
-                continue
-    return filler
-
-
 def test_a_full_disk_mid_sweep_then_resume_finishes_every_trial_from_its_checkpoint(
-    tmp_path, cli, write_spec, tiny_spec, signlock_command, small_disk
+    tmp_path, cli, write_spec, tiny_spec, signlock_command, small_tmpfs
 ):
-    storage, uri = small_disk / "sweeps", f"sqlite:///{small_disk / 'mlflow.db'}"
+    storage, uri = small_tmpfs / "sweeps", f"sqlite:///{small_tmpfs / 'mlflow.db'}"
     spec = tiny_spec(
         axes={"init.a_init": {"grid": [0.02]}}, set={**tiny_spec()["set"], "steps": 200}
     )
@@ -271,7 +247,7 @@ def test_a_full_disk_mid_sweep_then_resume_finishes_every_trial_from_its_checkpo
                               stderr=subprocess.PIPE, text=True)  # fmt: skip
     sweep_dir = storage / "full"
     wait_until(lambda: any(s >= 20 for s in checkpoint_steps(sweep_dir).values()), driver)
-    filler = fill(small_disk)
+    filler = fill_disk(small_tmpfs)
     _, stderr = driver.communicate(timeout=600)
     assert driver.returncode == 1 and "Traceback" not in stderr, stderr[-3000:]
     saved = checkpoint_steps(sweep_dir)

@@ -16,6 +16,7 @@ import pytest
 from signlock.search_spaces.presets import trial_preset
 from signlock.trainables.files import UnreadableFileError, atomic_path, write_parquet
 from signlock.trainables.trainer import Trial, checkpoint_step, run_trial
+from tests.conftest import fill_disk
 
 SIGNLOCK = [sys.executable, "-m", "signlock.orchestrator.cli"]
 TINY = {
@@ -135,31 +136,6 @@ def test_train_refuses_paths_that_escape_or_do_not_exist_in_one_line(tmp_path, a
     assert not (tmp_path / "signlock-runs").exists()
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A real 16 MiB tmpfs (needs root, as CI and these machines run)."""
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)],
-                          capture_output=True)  # fmt: skip
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(directory: Path) -> Path:
-    filler = directory / "filler"
-    with filler.open("wb", buffering=0) as handle:
-        for chunk in (1 << 16, 4096, 1):
-            try:
-                while True:
-                    handle.write(b"\0" * chunk)
-            except OSError:
-                continue
-    return filler
-
-
 def test_a_full_disk_is_one_line_and_the_previous_checkpoint_stays_intact(tmp_path, small_tmpfs):
     run_dir = small_tmpfs / "run"
     every_10 = ["--set", "checkpoint_every=10", "--set", "log_every=10", "--set", "eval_every=10"]
@@ -168,7 +144,7 @@ def test_a_full_disk_is_one_line_and_the_previous_checkpoint_stays_intact(tmp_pa
     assert first.returncode == 0, first.stderr[-2000:]
     before = (run_dir / "checkpoints" / "latest.pt").read_bytes()
     metrics_before = (run_dir / "metrics.parquet").read_bytes()
-    fill(small_tmpfs)
+    fill_disk(small_tmpfs)
     again = signlock("train", "--preset", "synthetic-smoke", "--steps", "20", "--quiet",
                      "--no-resume", *every_10, "--run-dir", str(run_dir), cwd=tmp_path)  # fmt: skip
     assert again.returncode == 1
