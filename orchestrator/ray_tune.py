@@ -173,12 +173,12 @@ class TrialRecorder(tune.Callback):
     """Writes each trial's Tune status to ``runs/<trial>/scheduler.json`` (see
     :mod:`signlock.orchestrator.trial_record`)."""
 
-    def __init__(self, context: SweepContext) -> None:
-        self.context = context
+    def __init__(self, runs: Path, name_of: Callable[[Any], str]) -> None:
+        self.runs = runs
+        self.name_of = name_of
 
     def _write(self, trial: Any, status: str) -> None:
-        name = resolve_trial_config(self.context, trial.config or {}).name
-        run_dir = Path(self.context.sweep_dir) / RUNS_DIR / name
+        run_dir = self.runs / self.name_of(trial)
         SchedulerState(trial.trial_id, status, int(trial.num_failures)).write(run_dir)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -358,8 +358,12 @@ def _searcher(spec: SweepSpec, objectives: tuple[str, ...]) -> Any:
 def _callbacks(
     spec: SweepSpec, context: SweepContext, settings: TuneSettings, n_trials: int
 ) -> list[tune.Callback]:
+    names: dict[str, str] = {}  # Tune's trial id -> the trial's name (its run directory)
+
     def name_of(trial: Any) -> str:
-        return resolve_trial_config(context, trial.config or {}).name
+        if trial.trial_id not in names:
+            names[trial.trial_id] = resolve_trial_config(context, trial.config or {}).name
+        return names[trial.trial_id]
 
     progress = SweepProgress(
         n_trials,
@@ -368,7 +372,7 @@ def _callbacks(
         finished=settings.finished,
         enabled=settings.progress,
     )
-    return [progress, TrialRecorder(context)]
+    return [progress, TrialRecorder(Path(context.sweep_dir) / RUNS_DIR, name_of)]
 
 
 def _new_tuner(

@@ -345,8 +345,7 @@ def _restore_plan(
 
 def _start_over_errored(sweep_dir: Path) -> None:
     """``--restart-errored``: the user asked to drop errored trials' checkpoints."""
-    table = trial_table(sweep_dir, driven=False)
-    for name in table.loc[table["status"] == "ERROR", "name"] if len(table) else []:
+    for name in trials_in_state(sweep_dir, "ERROR"):
         start_over(sweep_dir / RUNS_DIR / name)
 
 
@@ -377,13 +376,14 @@ def _tune_settings(
         objectives=objectives(spec),
         progress=options.progress,
         verbose=options.verbose,
-        finished=tuple(finished_trials(Path(record.context.sweep_dir))),
+        finished=tuple(trials_in_state(Path(record.context.sweep_dir), "TERMINATED")),
     )
 
 
-def finished_trials(sweep_dir: Path) -> list[str]:
+def trials_in_state(sweep_dir: Path, status: str) -> list[str]:
+    """Names of the trials whose record says ``status`` while no driver runs them."""
     table = trial_table(sweep_dir, driven=False)
-    return list(table.loc[table["status"] == "TERMINATED", "name"]) if len(table) else []
+    return list(table.loc[table["status"] == status, "name"]) if len(table) else []
 
 
 def _mlflow_experiment(options: SweepOptions) -> tuple[Any, str]:
@@ -443,7 +443,6 @@ def finalize_sweep(
     n_errors = int(counts.get("ERROR", 0))
     n_unfinished = max(n_planned, len(table)) - n_errors - int(counts.get("TERMINATED", 0))
     tracking.close_sweep_run(client, context.parent_run_id, len(table), n_errors, n_unfinished)
-    table.attrs["n_planned"] = n_planned
     return table
 
 

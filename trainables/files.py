@@ -111,13 +111,6 @@ def write_csv(frame: Any, path: str | Path) -> None:
         frame.to_csv(tmp, index=False)
 
 
-def save_torch(value: Any, path: str | Path) -> None:
-    import torch
-
-    with atomic_path(path) as tmp, tmp.open("wb") as handle:
-        torch.save(value, handle)  # through a Python file, so ENOSPC surfaces as OSError
-
-
 def read_json(path: str | Path) -> Any:
     """Parsed JSON, or one line naming the file."""
     try:
