@@ -7,17 +7,20 @@ Counted on the ``meta`` device from the trial config, per component:
 - optimizer state: ``torch.optim.AdamW`` keeps ``exp_avg`` and ``exp_avg_sq`` in the parameter's
   dtype (2 × weights); bitsandbytes' AdamW8bit keeps two uint8 states per parameter plus one fp32
   absmax per block of 256 values for each (2 + 8/256 bytes per parameter);
-- activations saved for backward at the trial's micro-batch and sequence length, from the
-  tensors this repository's GPT saves (see :func:`gpt_activation_bytes_per_token`), with and
-  without per-block gradient checkpointing, plus the loss's backward buffers;
+- activations saved for backward at the trial's micro-batch (and sequence length), from the
+  tensors its family's model saves (``Family.activation_bytes``; for the GPT
+  :func:`signlock.trainables.families.gpt.activation_bytes_per_token`), with and without
+  per-block gradient checkpointing, plus the loss's backward buffers;
 - the sign tracker, over its tracked scalars (every matrix-shaped parameter, or
   ``sample_per_tensor`` per tensor), in the layout of the device it runs on. On a GPU (fused
-  dense pass, torch sparse step): its per-scalar buffers (``_sign_kernel.PER_SCALAR_BUFFERS``),
+  dense pass, torch sparse step): its per-scalar buffers (``tracker.resident_bytes_per_scalar``),
   the sampled indices, one byte per scalar of flagged mask words at worst, and the sparse
-  step's temporaries per candidate, measured with torch's allocation tracker on the torch
-  backend and bounded by the chunk of candidates processed at once. On a CPU (eager passes,
-  numpy sparse step): the bytes per scalar measured on a small tensor with torch's allocation
-  tracker (resident buffers and the temporaries of one ``observe``);
+  step's temporaries per candidate, measured with torch's profiler on the torch backend and
+  bounded by the chunk of candidates processed at once. On a CPU (eager passes, numpy sparse
+  step): the bytes per scalar measured on a small tensor with torch's profiler (resident buffers
+  and the temporaries of one ``observe``). The profiler (``profile_memory``) records each op's
+  own CPU allocations less its frees; their running sum in the order the ops started is the
+  live memory at op granularity, and its maximum the peak;
 - on a GPU, ``CUDA_WORKSPACE_BYTES`` of cuBLAS/cuBLASLt workspaces the caching allocator holds.
 
 The peak is the sum of weights, gradients, the optimizer state the trial will use, its
@@ -31,24 +34,28 @@ BENCHMARKS.md, bench/scale_gpu.py).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 
-from signlock.trainables.config import ModelConfig, TrialConfig
+from signlock.trainables.config import TrialConfig
 from signlock.trainables.errors import ConfigError
+from signlock.trainables.families import family_of
 
 COMMON_GPUS_GB = (24, 40, 48, 80, 141)
 USABLE_FRACTION = 0.9
 FP32 = 4
-LN_STATS_BYTES = 2 * FP32  # mean and rstd per token and LayerNorm
 ADAM8_BYTES_PER_PARAM = 2 + 2 * FP32 / 256  # two uint8 states + their fp32 absmax per 256 values
 # Measured 59–64 MiB above every other component at each scale-family size (H200, torch 2.11).
 CUDA_WORKSPACE_BYTES = 64 * 2**20
 INDEX_BYTES = 8  # int64 index of each sampled coordinate
+KINETO_LOG_LEVEL, KINETO_QUIET = "KINETO_LOG_LEVEL", "9"  # above every level kineto logs at
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(G|GB|GIB|M|MB|MIB|T|TB|TIB)?\s*$", re.IGNORECASE)
 _UNIT = {"G": 2**30, "M": 2**20, "T": 2**40}
 
@@ -108,100 +115,67 @@ class MemoryEstimate:
         return [gb for gb in COMMON_GPUS_GB if self.fits(gb * 2**30)]
 
 
-def _element_size(dtype: str) -> int:
-    return 2 if dtype == "bfloat16" else FP32
+@contextlib.contextmanager
+def _quiet_profiler() -> Iterator[None]:
+    """Kineto, the profiler's backend, logs every session start and stop to stderr unless its
+    level is raised before its first session; a level the user set is left alone."""
+    chosen = os.environ.get(KINETO_LOG_LEVEL)
+    os.environ.setdefault(KINETO_LOG_LEVEL, KINETO_QUIET)
+    try:
+        yield
+    finally:
+        if chosen is None:
+            os.environ.pop(KINETO_LOG_LEVEL, None)
 
 
-def _tokens_per_micro_batch(cfg: TrialConfig) -> tuple[int, int]:
-    """(sequences, tokens per sequence) of one training step's batch."""
-    data = cfg.data
-    length = data.synthetic_seq_len if data.dataset == "synthetic" else data.seq_len
-    return data.batch_size, min(length, cfg.model.context_length)
+def allocated_peak(run: Callable[[], object]) -> int:
+    """The most CPU tensor memory ``run`` held at once above what was live before it, from
+    torch's profiler: each op's own allocations less its frees, summed in the order the ops
+    started."""
+    from torch.profiler import ProfilerActivity, profile
 
-
-def gpt_block_bytes_per_token(model: ModelConfig) -> int:
-    """Activation bytes one pre-LN block saves for backward, per token: both LayerNorm inputs
-    (cast to fp32, C.5) and their statistics; the LayerNorm outputs, q, k, v and the attention
-    output at the compute dtype; the log-sum-exp per head (fp32); the MLP's hidden pre- and
-    post-GELU activations."""
-    s, d = _element_size(model.dtype), model.d_model
-    layer_norms = 2 * (FP32 * d + LN_STATS_BYTES)
-    attention = s * 5 * d + FP32 * model.n_heads  # ln1 out, q, k, v, attention output
-    mlp = s * d + 2 * s * model.d_ff  # ln2 out, fc1 out, GELU out
-    return layer_norms + attention + mlp
-
-
-def gpt_head_bytes_per_token(model: ModelConfig, vocab: int) -> int:
-    """The final LayerNorm (input in fp32, statistics, output) and the fp32 log-softmax of the
-    cross-entropy."""
-    s, d = _element_size(model.dtype), model.d_model
-    return FP32 * d + LN_STATS_BYTES + s * d + FP32 * vocab
-
-
-def gpt_loss_backward_bytes_per_token(model: ModelConfig, vocab: int) -> int:
-    """Buffers the loss's backward allocates while every activation is still held: the fp32
-    gradient of the log-softmax and of the logits (plus their cast back for bf16 logits)."""
-    cast_back = _element_size(model.dtype) * vocab if model.dtype == "bfloat16" else 0
-    return 2 * FP32 * vocab + cast_back
-
-
-def gpt_activation_bytes_per_token(model: ModelConfig, vocab: int) -> tuple[int, int]:
-    """(without, with) per-block gradient checkpointing. Checkpointing keeps each block's input
-    and recomputes one block at a time in backward."""
-    block = gpt_block_bytes_per_token(model)
-    head = gpt_head_bytes_per_token(model, vocab) + gpt_loss_backward_bytes_per_token(model, vocab)
-    full = model.n_layers * block + head
-    checkpointed = model.n_layers * _element_size(model.dtype) * model.d_model + block + head
-    return full, checkpointed
-
-
-def mlp_activation_bytes_per_sample(model: ModelConfig) -> int:
-    """The MNIST MLP: its fp32 input, each hidden ReLU output (saved by ReLU and the next
-    Linear), the log-softmax of the 10 logits and its gradient buffers."""
-    s = _element_size(model.dtype)
-    return FP32 * 784 + s * sum(model.hidden_sizes) + 3 * FP32 * 10
+    with _quiet_profiler(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as p:
+        run()
+    events = sorted(p.events(), key=lambda event: event.time_range.start)
+    live = peak = 0
+    for event in events:
+        live += event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak
 
 
 @functools.lru_cache(maxsize=4)
 def tracker_bytes_per_scalar(sampled: bool) -> float:
     """The sign tracker's memory per tracked scalar, measured: its resident buffers plus the
-    temporaries of one ``observe`` (torch's allocation tracker over a 64k-element tensor)."""
-    from torch.distributed._tools.mem_tracker import MemTracker
-
+    temporaries of one ``observe`` (torch's profiler over a 64k-element tensor)."""
     from signlock.trainables.tracker import SignTracker
 
     n = 1 << 16
     weights = torch.nn.Parameter(torch.randn(n) * 0.02)
-    tracker_memory = MemTracker()
-    tracker_memory.track_external(weights)
-    with tracker_memory:
-        tracker = SignTracker([("w", weights)], sample_per_tensor=n // 2 if sampled else None)
+    sample = n // 2 if sampled else None
+    trackers: list[SignTracker] = []
+
+    def build_and_observe() -> None:
+        trackers.append(SignTracker([("w", weights)], sample_per_tensor=sample))
         with torch.no_grad():
             weights.add_(1e-3)
-        tracker.observe()
-    peak = next(iter(tracker_memory.get_tracker_snapshot("peak").values()))["Total"]
-    return (peak - weights.nbytes) / tracker.n_tracked
+        trackers[0].observe()
+
+    return allocated_peak(build_and_observe) / trackers[0].n_tracked
 
 
 @functools.lru_cache(maxsize=1)
 def sparse_bytes_per_candidate() -> float:
-    """Temporaries of the torch sparse step per flagged scalar, measured with torch's allocation
-    tracker on the observation that flags every scalar (all start beyond ρ), less the tracker's
-    resident buffers and the flagged mask words."""
-    from torch.distributed._tools.mem_tracker import MemTracker
-
-    from signlock.trainables._sign_kernel import resident_bytes_per_scalar
-    from signlock.trainables.tracker import SignTracker
+    """Temporaries of the torch sparse step per flagged scalar, measured with torch's profiler on
+    the observation that flags every scalar (all start beyond ρ), less the tracker's resident
+    buffers and the flagged mask words."""
+    from signlock.trainables.tracker import SignTracker, resident_bytes_per_scalar
 
     n = 1 << 16
     weights = torch.nn.Parameter(0.02 + torch.rand(n) * 0.02)
-    tracker_memory = MemTracker()
-    tracker_memory.track_external(weights)
-    with tracker_memory:
-        SignTracker([("w", weights)], backend="torch", fused=False)
-    peak = next(iter(tracker_memory.get_tracker_snapshot("peak").values()))["Total"]
+    peak = allocated_peak(lambda: SignTracker([("w", weights)], backend="torch", fused=False))
     resident = resident_bytes_per_scalar(torch.float32, fused=False) * n
-    return (peak - weights.nbytes - resident - n) / n  # n: the int64 mask words, 1 B per scalar
+    return (peak - resident - n) / n  # n: the int64 mask words, 1 B per scalar
 
 
 def gpu_tracker_bytes(
@@ -209,7 +183,7 @@ def gpu_tracker_bytes(
 ) -> int:
     """The tracker's peak bytes on a GPU (torch sparse step; the compiled dense pass allocates
     nothing, the eager one keeps its two output buffers)."""
-    from signlock.trainables._sign_kernel import CANDIDATE_CHUNK_WORDS, resident_bytes_per_scalar
+    from signlock.trainables.tracker import CANDIDATE_CHUNK_WORDS, resident_bytes_per_scalar
 
     counts = [
         (p.numel() if sample is None else min(sample, p.numel()), p.dtype) for _, p in targets
@@ -255,13 +229,7 @@ def estimate_memory(cfg: TrialConfig, vocab: int | None) -> MemoryEstimate:
     model = _meta_model(cfg, vocab)
     params = sum(p.numel() for p in model.parameters())
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    if cfg.model.kind == "mlp":
-        per_sample = mlp_activation_bytes_per_sample(cfg.model) * cfg.data.batch_size
-        activations = checkpointed = per_sample
-    else:
-        sequences, length = _tokens_per_micro_batch(cfg)
-        full, ckpt = gpt_activation_bytes_per_token(cfg.model, vocab or 1)
-        activations, checkpointed = full * sequences * length, ckpt * sequences * length
+    activations, checkpointed = family_of(cfg).activation_bytes(cfg, vocab)
     n_tracked = tracked_scalars(cfg, model)
     sample = cfg.tracker.sample_per_tensor
     per_scalar_on_cpu = tracker_bytes_per_scalar(sample is not None)
@@ -286,7 +254,7 @@ def model_key(cfg: TrialConfig) -> str:
     """Trials with the same key have the same memory plan."""
     relevant = {
         "model": cfg.to_dict()["model"],
-        "batch": _tokens_per_micro_batch(cfg),
+        "batch": [cfg.data.batch_size, family_of(cfg).units_per_step(cfg)],
         "dataset": cfg.data.dataset,
         "vocab": cfg.data.synthetic_vocab,
         "optim8": cfg.optim.eight_bit,

@@ -3,9 +3,11 @@
 Parameters are counted on the ``meta`` device (``build_model(..., device="meta")``), so planning
 the 12.9B model of C.5 allocates nothing. Training compute uses the usual estimate
 FLOPs ≈ 6·N·D (forward + backward, N parameters including embeddings, D training tokens; for the
-MNIST MLP, D counts images). Random axes are not sampled: each planned trial uses its grid
-point's values (the base value for a randomly swept field), which is exact unless a random axis
-changes steps, batch size or the model.
+image classifiers, D counts images, and a CNN's N is its forward multiply-adds per image, its
+kernels being reused at every position: each trial family says which unit it trains on, how many
+per step, which vocabulary it will read and how many multiply-adds one unit costs). Random axes
+are not sampled: each planned trial uses its grid point's values (the base value for a randomly
+swept field), which is exact unless a random axis changes steps, batch size or the model.
 """
 
 from __future__ import annotations
@@ -25,17 +27,11 @@ from signlock.search_spaces.memory import (
 from signlock.search_spaces.spec import SweepSpec
 from signlock.trainables.config import ModelConfig, TrialConfig
 from signlock.trainables.errors import ConfigError
-from signlock.trainables.models import (
-    SCALE_CONFIGS,
-    TINYSHAKESPEARE_VOCAB,
-    build_model,
-    count_parameters,
-    scale_model_config,
-)
+from signlock.trainables.families import family_of
+from signlock.trainables.families.gpt import scale_name
+from signlock.trainables.models import build_model, count_parameters
 
-TEXT8_VOCAB = 27  # text8: lowercase a-z and space
-TEXT_FILE_VOCAB = 256  # an arbitrary text file: byte-sized upper bound (known only after reading)
-FLOPS_PER_PARAM_TOKEN = 6  # forward (2) + backward (4) multiply-adds per parameter and token
+FLOPS_PER_PARAM_TOKEN = 6  # forward (2) + backward (4) FLOPs per multiply-add and token
 
 
 @dataclass(frozen=True)
@@ -46,7 +42,7 @@ class TrialPlan:
     model: str  # a label of the architecture (the trial preset for a ``preset`` point)
     params: int
     steps: int
-    tokens_per_step: int  # images per step for the MLP
+    tokens_per_step: int  # images per step for the image classifiers
     tokens: int
     flops: float
     memory: MemoryEstimate
@@ -63,7 +59,9 @@ class SweepPlan:
     trials: tuple[TrialPlan, ...]
     params: dict[str, int]  # model label -> parameter count
     memory: dict[str, MemoryEstimate]  # model label -> predicted peak memory of one trial
-    unit: str  # "tokens" (language models) or "samples" (MNIST)
+    unit: str  # "tokens" (language models) or "samples" (image classifiers)
+    family: str  # the base's trial family: its name and title
+    objective: str  # the training loss, in words
     cpus_per_trial: float
     gpus_per_trial: float
     seeds: tuple[int, ...]
@@ -92,17 +90,8 @@ class SweepPlan:
 
 
 def vocab_size(cfg: TrialConfig) -> int | None:
-    """The vocabulary the trainer will take from the dataset (None for MNIST)."""
-    data = cfg.data
-    if data.dataset == "mnist":
-        return None
-    if data.dataset == "synthetic":
-        return data.synthetic_vocab
-    if data.dataset == "text8":
-        return TEXT8_VOCAB
-    if data.dataset == "tinyshakespeare":
-        return TINYSHAKESPEARE_VOCAB
-    return TEXT_FILE_VOCAB
+    """The vocabulary the trainer will take from the dataset (None for image classifiers)."""
+    return family_of(cfg).vocab_size(cfg)
 
 
 @functools.lru_cache(maxsize=64)
@@ -118,31 +107,16 @@ def model_parameters(cfg: TrialConfig) -> int:
 
 
 def tokens_per_step(cfg: TrialConfig) -> int:
-    """Training tokens per optimizer step: batch × block length (the synthetic corpus uses its
-    whole rows of ``synthetic_seq_len`` tokens); images per step for the MLP."""
-    data = cfg.data
-    if cfg.model.kind == "mlp":
-        return data.batch_size
-    length = data.synthetic_seq_len if data.dataset == "synthetic" else data.seq_len
-    return data.batch_size * length
-
-
-def scale_name(model: ModelConfig) -> str | None:
-    """The Table-1 (C.5) name of ``model`` if it is one of the scale family."""
-    for name in SCALE_CONFIGS:
-        if scale_model_config(name) == model:
-            return name
-    return None
+    """Training units per optimizer step: tokens (batch × sequence length; the synthetic corpus
+    uses its whole rows of ``synthetic_seq_len`` tokens), or images for image classifiers."""
+    return family_of(cfg).units_per_step(cfg)
 
 
 def model_label(cfg: TrialConfig, preset: str | None = None) -> str:
     """A short label of the architecture, e.g. ``gpt d128 L2 h4 ff256 V65``, prefixed by the
     trial preset (``preset`` point) or scale-family name when there is one."""
-    m = cfg.model
-    if m.kind == "mlp":
-        return "mlp " + "-".join(str(h) for h in m.hidden_sizes)
-    label = f"gpt d{m.d_model} L{m.n_layers} h{m.n_heads} ff{m.d_ff} V{vocab_size(cfg)}"
-    name = preset or scale_name(m)
+    label = family_of(cfg).label(cfg)
+    name = preset or scale_name(cfg.model)
     return f"{name} ({label})" if name else label
 
 
@@ -170,7 +144,7 @@ def plan_trial(spec: SweepSpec, overrides: dict[str, object]) -> TrialPlan:
         steps=cfg.steps,
         tokens_per_step=per_step,
         tokens=tokens,
-        flops=float(FLOPS_PER_PARAM_TOKEN) * params * tokens,
+        flops=float(FLOPS_PER_PARAM_TOKEN) * family_of(cfg).forward_macs(cfg, params) * tokens,
         memory=trial_memory(cfg),
     )
 
@@ -198,7 +172,9 @@ def plan_sweep(spec: SweepSpec) -> SweepPlan:
         trials=trials,
         params=params,
         memory=memory,
-        unit="samples" if spec.base.model.kind == "mlp" else "tokens",
+        unit=family_of(spec.base).unit,
+        family=f"{family_of(spec.base).name}, {family_of(spec.base).title}",
+        objective=family_of(spec.base).objective,
         cpus_per_trial=spec.cpus_per_trial,
         gpus_per_trial=spec.gpus_per_trial,
         seeds=spec.seeds,
@@ -238,6 +214,7 @@ def format_plan(plan: SweepPlan) -> str:
         f"  seeds: {', '.join(map(str, plan.seeds))}",
         f"  duplicates dropped: {plan.n_duplicates} (points repeating an earlier trial config)",
         f"  steps per trial: {_span(plan.steps_per_trial)} (total {_count(plan.total_steps)})",
+        f"  trial family: {plan.family}; objective: {plan.objective}, per {plan.unit[:-1]}",
         f"  {plan.unit} per step: {_span(plan.tokens_per_step)}",
         f"  total training {plan.unit}: {_count(plan.total_tokens)}",
         f"  training FLOPs ≈ 6·N·{plan.unit}: {plan.total_flops:.3g}",

@@ -4,18 +4,38 @@ on two CPU cores in about a minute. ``trial_preset(name)`` returns a fresh ``Tri
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from signlock.trainables.config import (
     DataConfig,
     InitConfig,
-    ModelConfig,
     OptimConfig,
     RegularizerConfig,
     TrackerConfig,
     TrialConfig,
 )
 from signlock.trainables.errors import ConfigError
-from signlock.trainables.models import SCALE_CONFIGS, scale_model_config
+from signlock.trainables.families.cnn import SYNTHETIC_IMAGES, CNNConfig
+from signlock.trainables.families.gpt import SCALE_CONFIGS, GPTConfig, scale_model_config
+from signlock.trainables.families.mlp import MLPConfig
+
+SMOKE_LOG_EVERY = 25
+
+
+def _smoke_size(
+    full: TrialConfig, steps: int, eval_every: int, extra: dict[str, Any] | None = None
+) -> TrialConfig:
+    """``full`` at smoke size: named ``<full>-smoke``, ``steps`` steps logged every 25 and
+    evaluated every ``eval_every``, with the ``extra`` dotted overrides."""
+    return full.with_overrides(
+        {
+            "name": f"{full.name}-smoke",
+            "steps": steps,
+            "log_every": SMOKE_LOG_EVERY,
+            "eval_every": eval_every,
+            **(extra or {}),
+        }
+    )
 
 
 def charlm() -> TrialConfig:
@@ -25,17 +45,7 @@ def charlm() -> TrialConfig:
 
 def charlm_smoke() -> TrialConfig:
     """Smoke size of ``charlm``: 300 steps, checkpoints every 100 (needs Tiny Shakespeare)."""
-    cfg = charlm()
-    return cfg.with_overrides(
-        {
-            "name": "charlm-smoke",
-            "steps": 300,
-            "log_every": 25,
-            "eval_every": 100,
-            "data.eval_batches": 5,
-            "checkpoint_every": 100,
-        }
-    )
+    return _smoke_size(charlm(), 300, 100, {"data.eval_batches": 5, "checkpoint_every": 100})
 
 
 def charlm_lockin() -> TrialConfig:
@@ -52,15 +62,8 @@ def charlm_lockin() -> TrialConfig:
 
 def charlm_lockin_smoke() -> TrialConfig:
     """Smoke size of ``charlm-lockin``: short run with the hard projection of E.3.2."""
-    return charlm_lockin().with_overrides(
-        {
-            "name": "charlm-lockin-smoke",
-            "steps": 200,
-            "log_every": 25,
-            "eval_every": 100,
-            "data.eval_batches": 5,
-            "regularizer.projection": True,
-        }
+    return _smoke_size(
+        charlm_lockin(), 200, 100, {"data.eval_batches": 5, "regularizer.projection": True}
     )
 
 
@@ -77,15 +80,7 @@ def charlm_floating() -> TrialConfig:
 
 def charlm_floating_smoke() -> TrialConfig:
     """Smoke size of ``charlm-floating``: a short sign-floating run (D.6)."""
-    return charlm_floating().with_overrides(
-        {
-            "name": "charlm-floating-smoke",
-            "steps": 200,
-            "log_every": 25,
-            "eval_every": 100,
-            "data.eval_batches": 5,
-        }
-    )
+    return _smoke_size(charlm_floating(), 200, 100, {"data.eval_batches": 5})
 
 
 def synthetic_lm() -> TrialConfig:
@@ -96,7 +91,7 @@ def synthetic_lm() -> TrialConfig:
         steps=5000,
         log_every=50,
         eval_every=500,
-        model=ModelConfig(d_model=256, n_layers=12, n_heads=4, d_ff=1024, context_length=128),
+        model=GPTConfig(d_model=256, n_layers=12, n_heads=4, d_ff=1024, context_length=128),
         data=DataConfig(dataset="synthetic", batch_size=64),
         optim=OptimConfig(weight_decay=0.0),
     )
@@ -104,19 +99,19 @@ def synthetic_lm() -> TrialConfig:
 
 def synthetic_smoke() -> TrialConfig:
     """Smoke size of ``synthetic-lm``: a tiny LM on the offline synthetic corpus (the demo)."""
-    return synthetic_lm().with_overrides(
+    return _smoke_size(
+        synthetic_lm(),
+        150,
+        75,
         {
             "name": "synthetic-smoke",
-            "steps": 150,
-            "log_every": 25,
-            "eval_every": 75,
             "model.n_layers": 2,
             "model.d_model": 64,
             "model.d_ff": 128,
             "data.eval_batches": 4,
             "data.synthetic_sequences": 512,
             "checkpoint_every": 75,
-        }
+        },
     )
 
 
@@ -127,15 +122,45 @@ def vision_mlp() -> TrialConfig:
         steps=2000,
         log_every=50,
         eval_every=250,
-        model=ModelConfig(kind="mlp", hidden_sizes=[256, 256]),
+        model=MLPConfig(hidden_sizes=[256, 256]),
         data=DataConfig(dataset="mnist", batch_size=128, eval_batch_size=512),
     )
 
 
 def vision_mlp_smoke() -> TrialConfig:
     """Smoke size of ``vision-mlp``: 100 steps on MNIST (E.2)."""
-    return vision_mlp().with_overrides(
-        {"name": "vision-mlp-smoke", "steps": 100, "log_every": 25, "eval_every": 50}
+    return _smoke_size(vision_mlp(), 100, 50)
+
+
+def vision_cnn() -> TrialConfig:
+    """A small CNN (conv 16, conv 32, 3 × 3 kernels, 2 × 2 max-pooling, Linear head) on MNIST,
+    trained as E.2.1 trains the MLP: AdamW, batch 128, eval batch 512, T = 2000. The paper
+    probes pretrained CNNs (ResNet18, Section 2, C.3.1) but trains none; this architecture is
+    ours. Its Conv kernels are tracked as C_out × C_in·k_h·k_w matrices (C.3.2)."""
+    return TrialConfig(
+        name="vision-cnn",
+        steps=2000,
+        log_every=50,
+        eval_every=250,
+        model=CNNConfig(channels=[16, 32], kernel_size=3),
+        data=DataConfig(dataset="mnist", batch_size=128, eval_batch_size=512),
+    )
+
+
+def vision_cnn_smoke() -> TrialConfig:
+    """Smoke size of ``vision-cnn``: conv 8, conv 16 on the offline synthetic images, 100 steps
+    at batch 32, one thread (small convolutions gain nothing from more on a CPU)."""
+    return _smoke_size(
+        vision_cnn(),
+        100,
+        50,
+        {
+            "model.channels": [8, 16],
+            "data.dataset": SYNTHETIC_IMAGES,
+            "data.batch_size": 32,
+            "data.eval_batch_size": 256,
+            "threads": 1,
+        },
     )
 
 
@@ -176,6 +201,8 @@ TRIAL_PRESETS: dict[str, Callable[[], TrialConfig]] = {
     "synthetic-smoke": synthetic_smoke,
     "vision-mlp": vision_mlp,
     "vision-mlp-smoke": vision_mlp_smoke,
+    "vision-cnn": vision_cnn,
+    "vision-cnn-smoke": vision_cnn_smoke,
     **{name: _scale_preset(name) for name in SCALE_CONFIGS},
 }
 

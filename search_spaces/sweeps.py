@@ -5,8 +5,9 @@ The full presets use the paper's datasets and grids (the section is cited in eac
 values the paper does not state are marked "not given in the paper" together with our choice).
 Every ``-smoke`` variant keeps the sweep's structure (same axes, a baseline point where the full
 sweep has one) but runs offline: the synthetic next-token corpus (C.3.6 generator, needs no
-download), a tiny GPT (d_model 32), at most 100 steps, 2 evaluation batches, one thread and at
-most 4 trials, so a whole smoke sweep takes about a minute on two CPU cores.
+download) and a tiny GPT (d_model 32) — the CNN sweep's its offline synthetic images and a tiny
+CNN — at most 100 steps, 2 evaluation batches, one thread and at most 4 trials, so a whole smoke
+sweep takes about a minute on two CPU cores.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 
 from signlock.search_spaces.spec import Axis, SweepSpec
 from signlock.trainables.errors import ConfigError
-from signlock.trainables.models import SCALE_CONFIGS, scale_model_config
+from signlock.trainables.families.cnn import SYNTHETIC_IMAGES
+from signlock.trainables.families.gpt import SCALE_CONFIGS, scale_model_config
 
 # C.4.1: "All results use three seeds (0/1/2)" (also D.4.5, D.6.3, E.2.3, E.3.5).
 PAPER_SEEDS = (0, 1, 2)
@@ -48,18 +50,22 @@ BASELINE_POINT: dict[str, Any] = {
     "regularizer.lam": 0.0,
 }
 
-# Offline, two-core-sized overrides shared by every -smoke variant.
-SMOKE_RUN: dict[str, Any] = {
+# Two-core-sized schedule and batches shared by every -smoke variant.
+SMOKE_SCHEDULE: dict[str, Any] = {
     "steps": 100,
     "log_every": 20,
     "eval_every": 40,
     "checkpoint_every": None,
     "threads": 1,
-    "data.dataset": "synthetic",
     "data.path": None,
     "data.batch_size": 16,
     "data.eval_batch_size": 16,
     "data.eval_batches": 2,
+}
+# ... on the offline synthetic next-token corpus (C.3.6)
+SMOKE_RUN: dict[str, Any] = {
+    **SMOKE_SCHEDULE,
+    "data.dataset": "synthetic",
     "data.synthetic_vocab": 64,
     "data.synthetic_seq_len": 32,
     "data.synthetic_sequences": 256,
@@ -72,7 +78,15 @@ SMOKE_MODEL: dict[str, Any] = {
     "model.d_ff": 64,
     "model.context_length": 64,
 }
-SMOKE = {**SMOKE_RUN, **SMOKE_MODEL}
+SMOKE = {**SMOKE_RUN, **SMOKE_MODEL}  # a tiny GPT on the synthetic corpus
+SMOKE_WORDS = "offline synthetic corpus, tiny GPT"
+# A tiny CNN on its offline synthetic images.
+SMOKE_CNN: dict[str, Any] = {
+    **SMOKE_SCHEDULE,
+    "data.dataset": SYNTHETIC_IMAGES,
+    "model.channels": [4, 8],
+}
+SMOKE_CNN_WORDS = "offline synthetic images, tiny CNN"
 SMOKE_SEEDS = (0,)
 
 
@@ -106,12 +120,20 @@ def _sweep(
     )
 
 
-def _smoke(full: SweepSpec, extra: dict[str, Any] | None = None, **changes: Any) -> SweepSpec:
-    """``full`` shrunk to a -smoke sweep: ``SMOKE`` (+ ``extra``) overrides, one seed, one CPU,
-    no GPU; ``changes`` replace axes / points / seeds."""
+def _smoke(
+    full: SweepSpec,
+    extra: dict[str, Any] | None = None,
+    *,
+    offline: tuple[dict[str, Any], str] = (SMOKE, SMOKE_WORDS),
+    **changes: Any,
+) -> SweepSpec:
+    """``full`` shrunk to a -smoke sweep: the ``offline`` overrides (``SMOKE`` unless given,
+    with the words describing them) + ``extra``, one seed, one CPU, no GPU; ``changes``
+    replace axes / points / seeds."""
     axes = changes.get("axes", full.axes)
     swept = {axis.key for axis in axes}
-    overrides = {**full.base_overrides, **SMOKE, **(extra or {})}
+    smoke_overrides, words = offline
+    overrides = {**full.base_overrides, **smoke_overrides, **(extra or {})}
     return _sweep(
         f"{full.name}-smoke",
         full.base_preset or "charlm",
@@ -119,7 +141,7 @@ def _smoke(full: SweepSpec, extra: dict[str, Any] | None = None, **changes: Any)
         axes=axes,
         seeds=changes.get("seeds", SMOKE_SEEDS),
         points=changes.get("points", full.points),
-        description=f"smoke size of {full.name}: offline synthetic corpus, tiny GPT",
+        description=f"smoke size of {full.name}: {words}",
     )
 
 
@@ -380,6 +402,29 @@ def vision_lock_in_tail_smoke() -> SweepSpec:
     return _smoke(vision_lock_in_tail(), axes=(_grid("optim.lr", (1e-4, 1e-3)),))
 
 
+def vision_cnn_lock_in_tail() -> SweepSpec:
+    """Lock-in validation of E.2.2 (Figures 15 and 16) on the ``vision-cnn`` preset, a small CNN
+    on MNIST (the paper probes pretrained CNNs, Section 2, but trains none): T = 2000, lr ∈
+    {1e-4, 3e-4, 5e-4, 1e-3} × seeds {0, 1, 2}, its Conv kernels tracked as C_out × C_in·k_h·k_w
+    matrices (C.3.2). 12 trials."""
+    return _sweep(
+        "vision-cnn-lock-in-tail",
+        "vision-cnn",
+        axes=(_grid("optim.lr", LR_GRID),),
+        description="E.2.2 lock-in validation over learning rates on a small MNIST CNN",
+    )
+
+
+def vision_cnn_lock_in_tail_smoke() -> SweepSpec:
+    """Smoke size of ``vision-cnn-lock-in-tail``: a tiny CNN (conv 4, conv 8) on the offline
+    synthetic images, the smallest and largest lr (2 trials)."""
+    return _smoke(
+        vision_cnn_lock_in_tail(),
+        offline=(SMOKE_CNN, SMOKE_CNN_WORDS),
+        axes=(_grid("optim.lr", (1e-4, 1e-3)),),
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Sub-bit compression (E.3.5)
 # ---------------------------------------------------------------------------------------------
@@ -465,6 +510,8 @@ SWEEP_PRESETS: dict[str, Callable[[], SweepSpec]] = {
     "vision-enhancement-smoke": vision_enhancement_smoke,
     "vision-lock-in-tail": vision_lock_in_tail,
     "vision-lock-in-tail-smoke": vision_lock_in_tail_smoke,
+    "vision-cnn-lock-in-tail": vision_cnn_lock_in_tail,
+    "vision-cnn-lock-in-tail-smoke": vision_cnn_lock_in_tail_smoke,
     "compression": compression,
     "compression-smoke": compression_smoke,
     "compression-text8": compression_text8,

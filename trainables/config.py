@@ -4,6 +4,13 @@ Defaults are the paper's (Appendix C.4 for TinyCharLM, C.4.2 for the tracker, Se
 interventions). Every value is checked in ``__post_init__``; a bad value raises ``ConfigError``
 naming the field, the value and what is allowed.
 
+The model section belongs to a trial family (:mod:`signlock.trainables.families`):
+:class:`ModelConfig` holds the fields every family shares and ``model.kind`` picks the family's
+own config class, which adds the rest (``ModelConfig(kind="mlp", ...)`` builds an ``MLPConfig``).
+A family's datasets are the ones ``data.dataset`` may name with it. A ``config.json`` written by
+the flat model record of earlier versions (every family's fields in one mapping) still loads: the
+fields foreign to its family are dropped when they hold the flat record's defaults.
+
 This module owns the schema: :func:`field_hint` (the type of a dotted field), :func:`coerce_field`
 (the one conversion of user input — ``--set`` values, YAML specs, JSON/YAML config files — to a
 field's type; PyYAML reads ``1e-3`` as a string, so numeric strings become floats here) and
@@ -24,16 +31,30 @@ from typing import Any, Literal, get_args, get_origin
 from signlock.trainables.errors import ConfigError
 from signlock.trainables.files import check_name
 
-ModelKind = Literal["gpt", "mlp"]
-DatasetName = Literal["tinyshakespeare", "text8", "synthetic", "mnist", "text-file"]
 ScheduleKind = Literal["constant", "cosine", "exponential", "inverse"]
 FactorDist = Literal["normal", "uniform"]
 DType = Literal["float32", "bfloat16"]
 Device = Literal["auto", "cpu", "cuda"]
 
-
+DEFAULT_FAMILY = "gpt"  # model.kind when a config does not name one (TinyCharLM, C.4)
+DEFAULT_DATASET = "tinyshakespeare"
 MIN_GAP_MASS = 1e-6  # below this Gaussian tail mass the truncated law of gap init is degenerate
 MAX_C_GAP = 4.8916  # a/σ with erfc(a/(σ√2)) = MIN_GAP_MASS
+# The flat model record every config.json held before the families split it, with its defaults.
+LEGACY_FLAT_MODEL: dict[str, Any] = {
+    "kind": "gpt",
+    "d_model": 128,
+    "n_layers": 2,
+    "n_heads": 4,
+    "d_ff": 256,
+    "context_length": 256,
+    "pos_init": "normal",
+    "linear_bias": True,
+    "hidden_sizes": [256, 256],
+    "sigma_init": 0.02,
+    "dtype": "float32",
+    "gradient_checkpointing": False,
+}
 
 
 def _require(ok: bool, field_name: str, value: object, allowed: str) -> None:
@@ -41,50 +62,69 @@ def _require(ok: bool, field_name: str, value: object, allowed: str) -> None:
         raise ConfigError(field_name, value, allowed)
 
 
+def _families() -> types.ModuleType:
+    """The family registry, imported on first use: every family module imports this one."""
+    from signlock.trainables import families
+
+    return families
+
+
+def model_config_class(kind: object) -> type[ModelConfig]:
+    """The model config class of family ``kind``; ``ConfigError`` naming ``model.kind`` else."""
+    registry = _families().FAMILIES
+    _require(
+        isinstance(kind, str) and kind in registry,
+        "model.kind",
+        kind,
+        "one of " + ", ".join(map(repr, registry)),
+    )
+    return registry[kind].config_class
+
+
+def dataset_names() -> tuple[str, ...]:
+    """Every dataset some family trains on, in registration order."""
+    return _families().dataset_names()
+
+
 @dataclass(kw_only=True)
 class ModelConfig:
-    """Architecture. ``gpt`` covers TinyCharLM (C.4), the scale family (C.5) and the synthetic LM
-    (C.3.6); ``mlp`` is the MNIST VisionMLP (E.2). ``vocab_size`` is taken from the dataset."""
+    """Architecture: the fields every trial family shares. ``kind`` names the family
+    (:data:`signlock.trainables.families.FAMILIES`), whose config class adds its own fields;
+    ``ModelConfig(kind=K, **fields)`` builds family K's config (``ModelConfig()`` is TinyCharLM,
+    C.4.1). ``vocab_size`` is taken from the dataset."""
 
-    kind: ModelKind = "gpt"
-    d_model: int = 128
-    n_layers: int = 2
-    n_heads: int = 4
-    d_ff: int = 256
-    context_length: int = 256
-    pos_init: Literal["normal", "zero"] = "normal"  # C.5 zero-initialises positions
-    linear_bias: bool = True  # C.5's Table 1 counts match bias-free block Linears
-    hidden_sizes: list[int] = field(default_factory=lambda: [256, 256])  # mlp only
+    kind: str = DEFAULT_FAMILY
     sigma_init: float = 0.02
     dtype: DType = "float32"  # C.5 stores weights in bf16, LayerNorm stays fp32
     gradient_checkpointing: bool = False
 
+    def __new__(cls, **fields: Any) -> ModelConfig:
+        if cls is ModelConfig:
+            cls = model_config_class(fields.get("kind", DEFAULT_FAMILY))
+        return super().__new__(cls)
+
     def __post_init__(self) -> None:
-        for name in ("d_model", "n_layers", "n_heads", "d_ff", "context_length"):
-            value = getattr(self, name)
-            _require(value >= 1, f"model.{name}", value, "an integer >= 1")
         _require(
-            self.d_model % self.n_heads == 0,
-            "model.n_heads",
-            self.n_heads,
-            f"a divisor of model.d_model={self.d_model}",
-        )
-        _require(
-            all(h >= 1 for h in self.hidden_sizes),
-            "model.hidden_sizes",
-            self.hidden_sizes,
-            "positive integers",
+            model_config_class(self.kind) is type(self),
+            "model.kind",
+            self.kind,
+            f"the family of {type(self).__name__}",
         )
         _require(self.sigma_init > 0, "model.sigma_init", self.sigma_init, "a number > 0")
+
+    def shared_fields(self) -> dict[str, Any]:
+        """The fields every family has (what a change of ``model.kind`` keeps)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(ModelConfig)}
 
 
 @dataclass(kw_only=True)
 class DataConfig:
-    """Dataset and batching. ``path`` points at a local copy (text file or ``mnist.npz``);
-    without it the dataset is downloaded into ``cache_dir`` and checked by SHA-256.
-    ``synthetic`` needs neither and is the offline default."""
+    """Dataset and batching. ``dataset`` is one of the trial families' datasets; ``path`` points
+    at a local copy (text file or ``mnist.npz``); without it the dataset is downloaded into
+    ``cache_dir`` and checked by SHA-256. ``synthetic`` needs neither and runs offline, as any
+    family's generated dataset does."""
 
-    dataset: DatasetName = "tinyshakespeare"
+    dataset: str = DEFAULT_DATASET  # one of a family's datasets (dataset_names())
     path: str | None = None
     cache_dir: str | None = None  # default: $SIGNLOCK_CACHE or ~/.cache/signlock
     seq_len: int = 64
@@ -98,6 +138,8 @@ class DataConfig:
     synthetic_seed: int = 0
 
     def __post_init__(self) -> None:
+        known = dataset_names()
+        _require(self.dataset in known, "data.dataset", self.dataset, "one of " + _quoted(known))
         for name in (
             "seq_len",
             "batch_size",
@@ -332,12 +374,12 @@ class TrialConfig:
         self._check_cross_field()
 
     def _check_cross_field(self) -> None:
-        is_mlp = self.model.kind == "mlp"
+        family = _families().family_of(self)
         _require(
-            is_mlp == (self.data.dataset == "mnist"),
+            self.data.dataset in family.datasets,
             "data.dataset",
             self.data.dataset,
-            "'mnist' exactly when model.kind='mlp'",
+            f"one of {_quoted(family.datasets)} when model.kind={family.name!r}",
         )
         if self.regularizer.projection:
             _require(
@@ -347,15 +389,7 @@ class TrialConfig:
                 "false unless init.template_rank is set (E.3.2 projects onto the template)",
             )
         self._check_gap()
-        if self.model.kind == "gpt":
-            # The model sees sequences of synthetic_seq_len (C.3.6) or seq_len tokens.
-            seq_field = "synthetic_seq_len" if self.data.dataset == "synthetic" else "seq_len"
-            _require(
-                getattr(self.data, seq_field) <= self.model.context_length,
-                f"data.{seq_field}",
-                getattr(self.data, seq_field),
-                f"<= model.context_length={self.model.context_length}",
-            )
+        family.check_trial(self)
 
     def _check_gap(self) -> None:
         sigma = self.model.sigma_init
@@ -398,8 +432,15 @@ class TrialConfig:
         return cls.from_dict(read_mapping_file(path, "config"))
 
     def with_overrides(self, overrides: dict[str, Any]) -> TrialConfig:
-        """A copy with dotted-key overrides applied, e.g. ``{"optim.lr": 1e-3, "seed": 2}``."""
+        """A copy with dotted-key overrides applied, e.g. ``{"optim.lr": 1e-3, "seed": 2}``.
+        Overriding ``model.kind`` with another family starts the model section from that
+        family's defaults, keeping the shared fields (``sigma_init``, ``dtype``, …); a
+        ``model.FIELD`` the family does not have is refused."""
         merged = self.to_dict()
+        kind = overrides.get("model.kind", self.model.kind)
+        if kind != self.model.kind:
+            merged["model"] = {**self.model.shared_fields(), "kind": kind}
+        _check_model_fields(model_config_class(kind), overrides)
         for dotted, value in overrides.items():
             node = merged
             *parents, leaf = dotted.split(".")
@@ -413,6 +454,18 @@ class TrialConfig:
                 node = node[part]
             node[leaf] = value
         return TrialConfig.from_dict(merged)
+
+
+def _quoted(names: typing.Iterable[str]) -> str:
+    return ", ".join(map(repr, names))
+
+
+def _check_model_fields(cls: type[ModelConfig], overrides: dict[str, Any]) -> None:
+    """Every dotted ``model.FIELD`` override names a field of family config ``cls``."""
+    for dotted, value in overrides.items():
+        section, _, leaf = dotted.partition(".")
+        if section == "model" and leaf:
+            _require(leaf in _field_names(cls), dotted, value, _unknown_field(cls, "model"))
 
 
 def parse_float(value: object) -> float | None:
@@ -443,13 +496,21 @@ def _dotted_hint(dotted: str) -> Any:
         hint = _unwrap_optional(hint)
         if not dataclasses.is_dataclass(hint):
             raise KeyError(f"{'.'.join(walked)} is a value, not a section")
-        hints = typing.get_type_hints(hint)
+        hints = _section_hints(hint)
         if part not in hints:
             where = ".".join(walked) or "the top level"
             raise KeyError(f"fields in {where}: {', '.join(sorted(hints))}")
         hint = hints[part]
         walked.append(part)
     return hint
+
+
+def _section_hints(section: type) -> dict[str, Any]:
+    """The fields of a config section and their types; for the model section, those of every
+    family (each family's build then refuses the fields it does not have)."""
+    if section is ModelConfig:
+        return _families().model_field_hints()
+    return typing.get_type_hints(section)
 
 
 def field_hint(dotted: str) -> Any:
@@ -535,7 +596,10 @@ def _reject_duplicate_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     """Dotted fields whose values differ between two ``TrialConfig.to_dict()`` forms, with the
-    values, e.g. ``["optim.lr: 0.0003 -> 0.002"]``."""
+    values, e.g. ``["optim.lr: 0.0003 -> 0.002"]``. A flat model record of an earlier version
+    compares as the family config it loads as."""
+    if not prefix:
+        old, new = upgraded_config(old), upgraded_config(new)
     changed = []
     for key in sorted(old.keys() | new.keys()):
         before, after = old.get(key), new.get(key)
@@ -546,20 +610,68 @@ def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "
     return changed
 
 
+def upgraded_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` (a ``TrialConfig.to_dict()`` form) with a flat legacy model record replaced by
+    its family's fields; anything that cannot be upgraded is returned as it is."""
+    model = raw.get("model")
+    if not _is_flat_record(model):
+        return raw
+    try:
+        return {**raw, "model": _upgrade_flat_record(model, "model.")}
+    except ConfigError:
+        return raw
+
+
+def _is_flat_record(raw: object) -> bool:
+    """Whether a model mapping is the flat record of earlier versions (all of its fields)."""
+    return isinstance(raw, dict) and raw.keys() == LEGACY_FLAT_MODEL.keys()
+
+
+def _upgrade_flat_record(raw: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """A flat model record reduced to its family's fields: a foreign field is dropped when it
+    holds the flat record's default, else refused (it configured nothing its family has)."""
+    family_fields = {f.name for f in dataclasses.fields(model_config_class(raw["kind"]))}
+    for key, value in raw.items():
+        _require(
+            key in family_fields or value == LEGACY_FLAT_MODEL[key],
+            f"{prefix}{key}",
+            value,
+            f"{LEGACY_FLAT_MODEL[key]!r} (its old default) in an old flat model record of "
+            f"model.kind={raw['kind']!r}, which has no such field",
+        )
+    return {key: value for key, value in raw.items() if key in family_fields}
+
+
 def _build(cls: type, raw: Any, prefix: str) -> Any:
     where = prefix.rstrip(".") or "config"
     _require(isinstance(raw, dict), where, raw, "a mapping")
+    if cls is ModelConfig:
+        cls, raw = _model_section(raw, prefix)
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
-        _require(
-            key in known,
-            f"{prefix}{key}",
-            raw[key],
-            f"unknown field; allowed in {where}: {', '.join(sorted(known))}",
-        )
+        _require(key in _field_names(cls), f"{prefix}{key}", raw[key], _unknown_field(cls, where))
     kwargs = {key: _coerce(hints[key], value, f"{prefix}{key}") for key, value in raw.items()}
     return cls(**kwargs)
+
+
+def _model_section(raw: dict[str, Any], prefix: str) -> tuple[type, dict[str, Any]]:
+    """The family config class a model mapping names (``kind``) and the mapping it builds from
+    (a flat legacy record upgraded)."""
+    cls = model_config_class(raw.get("kind", DEFAULT_FAMILY))
+    return cls, _upgrade_flat_record(raw, prefix) if _is_flat_record(raw) else raw
+
+
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _unknown_field(cls: type, where: str) -> str:
+    """What a section of dataclass ``cls`` allows (a model section: its family's fields)."""
+    family = ""
+    if issubclass(cls, ModelConfig):
+        kind = next(f.default for f in dataclasses.fields(cls) if f.name == "kind")
+        family = f" of model.kind={kind!r}"
+    return f"unknown field{family}; allowed in {where}: {', '.join(sorted(_field_names(cls)))}"
 
 
 def _coerce(hint: Any, value: Any, field_name: str) -> Any:

@@ -23,6 +23,7 @@ from signlock.trainables.config import DataConfig
 from signlock.trainables.downloads import fetch
 from signlock.trainables.errors import ConfigError, DatasetError, InputNotFoundError
 
+DATASET = "mnist"  # data.dataset of this loader (and the download registry's name)
 MNIST_MEAN = 0.1307  # E.2.1
 MNIST_STD = 0.3081  # E.2.1
 MNIST_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -49,10 +50,10 @@ def load_mnist(cfg: DataConfig, *, split_seed: int = 0) -> ImageData:
     train. Both index sets are sorted, so the tensors keep the file's order. Pixels become
     ``(x / 255 - 0.1307) / 0.3081`` with a channel dimension.
     """
-    if cfg.dataset != "mnist":
-        raise ConfigError("data.dataset", cfg.dataset, "'mnist' for load_mnist")
+    if cfg.dataset != DATASET:
+        raise ConfigError("data.dataset", cfg.dataset, f"{DATASET!r} for load_mnist")
     path = (
-        Path(cfg.path).expanduser() if cfg.path is not None else fetch("mnist", cache=cfg.cache_dir)
+        Path(cfg.path).expanduser() if cfg.path is not None else fetch(DATASET, cache=cfg.cache_dir)
     )
     if not path.is_file():
         raise InputNotFoundError(cfg.path)

@@ -7,11 +7,14 @@ promises cannot silently go missing in one of them.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 # --- metrics.parquet: one row every ``log_every`` steps ----------------------------------------
 
-VALIDATION_METRICS: Final = ("val_loss", "val_ppl", "val_error")  # NaN on rows without an eval
+VAL_LOSS: Final = "val_loss"
+VAL_PPL: Final = "val_ppl"  # language models: exp(loss in nats) (C.4.1)
+VAL_ERROR: Final = "val_error"  # classifiers: 1 - accuracy (E.2.1)
+VALIDATION_METRICS: Final = (VAL_LOSS, VAL_PPL, VAL_ERROR)  # NaN on rows without an eval
 TRACKER_WINDOW_METRICS: Final = (
     "flip_vs_init",  # Section 2.1: fraction with sign(w_t) != sign(w_0)
     "flip_mean",  # C.4.2: zero crossings / (N·t) so far, cumulative
@@ -71,10 +74,38 @@ SUMMARY_FIELDS: Final = (
 
 # --- what a sweep shows per trial (trials.csv, status, query's default columns) ----------------
 
-RESULT_METRICS: Final = ("val_ppl", "val_error", "flip_mean", "final_flip_ratio", "h_hat", "g_hat")
+OBJECTIVE_METRICS: Final = (VAL_PPL, VAL_ERROR)  # a family's validation objective is one of these
 FLIP_OBJECTIVE: Final = "flip_mean"
+RESULT_METRICS: Final = (
+    *OBJECTIVE_METRICS,
+    FLIP_OBJECTIVE,
+    "final_flip_ratio",
+    "h_hat",
+    "g_hat",
+)
+STATUS_METRICS: Final = (*OBJECTIVE_METRICS, FLIP_OBJECTIVE, "h_hat", "g_hat")
+VAL_ACCURACY: Final = "val_accuracy"  # 1 - val_error: Fig. 20's performance axis for classifiers
+
+# --- a sweep's parent run: counts (MLflow keeps doubles; query shows them as integers) ---------
+
+SWEEP_COUNT_METRICS: Final = ("trials_total", "trials_errored", "trials_unfinished")
+ANALYSIS_COUNT_METRICS: Final = (
+    "analysis.trials",
+    "analysis.trials_missing",
+    "analysis.pareto_size",
+    "analysis.floating_trials",
+)
 
 
-def validation_objective(model_kind: str) -> str:
-    """The validation metric a sweep minimises: error for the MNIST MLP (E.2), else PPL (C.4.1)."""
-    return "val_error" if model_kind == "mlp" else "val_ppl"
+def validation_objective(config: Any) -> str:
+    """The validation metric a sweep of ``config`` (a TrialConfig or its model config)
+    minimises: its family's (PPL for language models, C.4.1; error for classifiers, E.2)."""
+    from signlock.trainables.families import family_of  # the families import this module
+
+    return family_of(config).validation_metric
+
+
+def compression_metric(validation_metric: str) -> str:
+    """What ``signlock compress`` reports for a family's validation metric: PPL as it is,
+    accuracy instead of error (E.3.5, Fig. 20)."""
+    return VAL_ACCURACY if validation_metric == VAL_ERROR else validation_metric

@@ -1,35 +1,33 @@
 """Training tasks: what a trial trains on and how it is evaluated.
 
-* :class:`LanguageModelingTask` (C.4.1, C.3.6): next-token batches from :func:`text.lm_batch`;
-  evaluation is the mean loss over ``data.eval_batches`` random validation batches drawn from a
-  fixed-seed generator, and PPL = exp(loss in nats).
-* :class:`ImageClassificationTask` (E.2.1): MNIST batches; evaluation covers the whole validation
-  split once and reports its loss and error = 1 - accuracy.
-
-:func:`make_task` picks one by ``cfg.model.kind``.
+:class:`Task` is what the trainer drives: batches, the loss and evaluation. Each trial family
+(:mod:`signlock.trainables.families`) names its task; :func:`make_task` asks it. The image
+classifiers (the MLP and the CNN) share :class:`ImageClassificationTask` (E.2.1): random training
+batches, and evaluation over the whole validation split once, reporting its loss and error =
+1 - accuracy. The language-modelling task is the GPT family's.
 """
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from signlock.trainables import mnist, text
+from signlock.trainables import mnist
 from signlock.trainables.config import TrialConfig
+from signlock.trainables.mnist import ImageData
+from signlock.trainables.schema import VAL_ERROR, VAL_LOSS
 
 EVAL_SEED_OFFSET = 10_007  # evaluation batches come from their own fixed-seed generator
 DEFAULT_IMAGE_EVAL_BATCH = 512
-MAX_PPL_EXPONENT = 700.0  # exp(700) is near the float64 limit; larger losses would overflow
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class Task(ABC):
-    """Batches, loss and evaluation of one dataset family."""
+    """Batches, loss and evaluation of one trial family's data."""
 
     vocab_size: int | None
     """Token vocabulary for language models; ``None`` for image classification."""
@@ -65,37 +63,12 @@ class Task(ABC):
     def _evaluate(self, model: nn.Module) -> dict[str, float]: ...
 
 
-class LanguageModelingTask(Task):
-    """Next-token prediction on a text corpus (C.4.1) or the synthetic corpus (C.3.6)."""
-
-    def __init__(self, cfg: TrialConfig, device: torch.device) -> None:
-        super().__init__(cfg, device)
-        self.corpus = text.load_lm_data(cfg.data)
-        self.vocab_size = self.corpus.vocab_size
-
-    def _draw_train_batch(self, generator: torch.Generator) -> Batch:
-        data = self.cfg.data
-        return text.lm_batch(self.corpus, "train", data.batch_size, data.seq_len, generator)
-
-    def _evaluate(self, model: nn.Module) -> dict[str, float]:
-        """Mean loss over ``eval_batches`` random val batches, PPL = exp(loss in nats) (C.4.1)."""
-        data = self.cfg.data
-        generator = torch.Generator().manual_seed(self.cfg.seed + EVAL_SEED_OFFSET)
-        batch_size = data.eval_batch_size or data.batch_size
-        total = 0.0
-        for _ in range(data.eval_batches):
-            x, y = text.lm_batch(self.corpus, "val", batch_size, data.seq_len, generator)
-            total += float(self.loss(model, x.to(self.device), y.to(self.device)))
-        val_loss = total / data.eval_batches
-        return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, MAX_PPL_EXPONENT))}
-
-
 class ImageClassificationTask(Task):
-    """MNIST digit classification (E.2.1)."""
+    """Classification of ``images`` (MNIST digits in E.2.1, or a family's own images)."""
 
-    def __init__(self, cfg: TrialConfig, device: torch.device) -> None:
+    def __init__(self, cfg: TrialConfig, device: torch.device, images: ImageData) -> None:
         super().__init__(cfg, device)
-        self.images = mnist.load_mnist(cfg.data)
+        self.images = images
         self.vocab_size = None
 
     def _draw_train_batch(self, generator: torch.Generator) -> Batch:
@@ -111,20 +84,19 @@ class ImageClassificationTask(Task):
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
             wrong += int((logits.argmax(dim=-1) != y).sum())
             count += y.numel()
-        return {"val_loss": loss_sum / count, "val_error": wrong / count}
+        return {VAL_LOSS: loss_sum / count, VAL_ERROR: wrong / count}
 
 
 def make_task(cfg: TrialConfig, device: torch.device) -> Task:
-    """The task of ``cfg.model.kind``: the MLP classifies MNIST, every other model is a LM."""
-    if cfg.model.kind == "mlp":
-        return ImageClassificationTask(cfg, device)
-    return LanguageModelingTask(cfg, device)
+    """The task of ``cfg``'s trial family."""
+    from signlock.trainables.families import family_of  # the families import this module
+
+    return family_of(cfg).make_task(cfg, device)
 
 
 __all__ = [
     "EVAL_SEED_OFFSET",
     "ImageClassificationTask",
-    "LanguageModelingTask",
     "Task",
     "make_task",
 ]

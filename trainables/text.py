@@ -26,6 +26,9 @@ from signlock.trainables.config import DataConfig
 from signlock.trainables.downloads import DATASETS, fetch
 from signlock.trainables.errors import ConfigError, DatasetError, InputNotFoundError
 
+# What load_lm_data reads: the character corpora (C.4.1), any text file and the synthetic corpus.
+LM_DATASETS = ("tinyshakespeare", "text8", "synthetic", "text-file")
+
 
 @dataclass(frozen=True)
 class LMData:
@@ -51,8 +54,9 @@ def load_lm_data(cfg: DataConfig) -> LMData:
     extracted ``text8`` file works too). Vocabulary and the contiguous split follow C.4.1.
     ``synthetic`` builds :func:`synthetic_corpus` and splits its rows by index (first rows train).
     """
-    if cfg.dataset == "mnist":
-        raise ConfigError("data.dataset", cfg.dataset, "a language-model dataset (use load_mnist)")
+    if cfg.dataset not in LM_DATASETS:
+        allowed = ", ".join(map(repr, LM_DATASETS))
+        raise ConfigError("data.dataset", cfg.dataset, f"a language-model dataset: {allowed}")
     if cfg.dataset == "synthetic":
         return _synthetic_lm_data(cfg)
     ids, itos = encode_text(_read_corpus(cfg))

@@ -41,12 +41,27 @@ import numpy as np
 import pandas as pd
 import torch
 
-from signlock.trainables._sign_kernel import SPARSE_BACKENDS, Group, Segment, SparseBackend
+from signlock.trainables._sign_kernel import (
+    CANDIDATE_CHUNK_WORDS,
+    SPARSE_BACKENDS,
+    Group,
+    Segment,
+    SparseBackend,
+    resident_bytes_per_scalar,
+)
 from signlock.trainables.errors import ConfigError
 from signlock.trainables.lockin_stats import zig_from_moments
 from signlock.trainables.schema import SUMMARY_INT_FIELDS, TRACKER_SUMMARY_FIELDS
 
-__all__ = ["POOLED", "SignTracker", "sample_coordinates"]
+# The memory planner's view of the kernel's layout: per-scalar resident bytes of a tracked
+# tensor and how many flagged mask words one sparse step processes at once.
+__all__ = [
+    "CANDIDATE_CHUNK_WORDS",
+    "POOLED",
+    "SignTracker",
+    "resident_bytes_per_scalar",
+    "sample_coordinates",
+]
 
 POOLED = "__pooled__"
 _STATE_VERSION = 1

@@ -37,6 +37,7 @@ EXPECTED_TRIALS = {
     "floating": 9 * 3,
     "vision-enhancement": (5 * 7 + 1) * 3,
     "vision-lock-in-tail": 4 * 3,
+    "vision-cnn-lock-in-tail": 4 * 3,
     "compression": (3 * 4 + 1) * 3,
     "compression-text8": (3 * 4 + 1) * 3,
 }
@@ -80,7 +81,11 @@ def test_smoke_presets_are_small_and_offline(name):
     for cfg in configs(spec):
         assert cfg.steps <= 100
         assert cfg.data.eval_batches <= 3
-        assert cfg.data.dataset == "synthetic" and cfg.data.path is None
+        assert cfg.data.path is None
+        if cfg.model.kind == "cnn":  # its own offline images, a tiny CNN
+            assert cfg.data.dataset == "synthetic-images" and max(cfg.model.channels) <= 16
+            continue
+        assert cfg.data.dataset == "synthetic"
         assert cfg.model.d_model <= 64
         assert cfg.data.synthetic_seq_len <= cfg.model.context_length
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from signlock.trainables import models
 from signlock.trainables.config import ModelConfig
 from signlock.trainables.errors import ConfigError
+from signlock.trainables.families import gpt
 from signlock.trainables.models import (
     GPT,
     SCALE_CONFIGS,
@@ -240,13 +240,13 @@ def test_gradient_checkpointing_gives_same_grads(monkeypatch: pytest.MonkeyPatch
     ckpt = build_model(_small_cfg(gradient_checkpointing=True), vocab_size=11)
     ckpt.load_state_dict(plain.state_dict())
     calls = []
-    real_checkpoint = models.checkpoint
+    real_checkpoint = gpt.checkpoint
 
     def spy(*args: object, **kwargs: object) -> torch.Tensor:
         calls.append(kwargs.get("use_reentrant"))
         return real_checkpoint(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(models, "checkpoint", spy)
+    monkeypatch.setattr(gpt, "checkpoint", spy)
     idx = _tokens(2, 17)  # 16 inputs + 1 shifted target = context_length
     expected = _loss_and_grads(plain, idx)
     assert calls == []
