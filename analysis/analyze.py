@@ -1,9 +1,10 @@
 """``signlock analyze``: a sweep's tables and figures under ``<sweep>/analysis/``.
 
-Pure files: the CLI logs them to the sweep's MLflow parent run. Every flag is checked before
-anything is touched. The outputs are made in a temporary folder beside ``analysis/`` and swapped
-in at the end, so a failure leaves the previous analysis as it was; a partial analysis
-(``--what lockin`` or ``pareto``) replaces only the files it recomputes.
+Pure files, returned as :class:`~signlock.analysis.outputs.Outputs`: the CLI logs them to the
+sweep's MLflow parent run. Every flag is checked before anything is touched. The outputs are
+made in a temporary folder beside ``analysis/`` and swapped in at the end, so a failure leaves
+the previous analysis as it was; a partial analysis (``--what lockin`` or ``pareto``) replaces
+only the files it recomputes (here and, as the CLI's ``publish`` logs only them, on MLflow).
 """
 
 from __future__ import annotations
@@ -14,22 +15,23 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from numbers import Integral, Real
 from pathlib import Path
 
 import pandas as pd
 
 from signlock.analysis import figures
+from signlock.analysis.outputs import Outputs
 from signlock.analysis.pareto import pareto_front
 from signlock.analysis.sweep_data import POOLED, Sweep
 from signlock.analysis.tables import lockin_table, seed_summary
 from signlock.trainables.errors import ConfigError, SignlockError
 from signlock.trainables.files import write_csv, write_parquet
+from signlock.trainables.layout import SweepDir
 
 WHATS = ("lockin", "pareto", "all")
-OUTPUT_DIR = "analysis"
 # The files each part writes (and so replaces): a partial analysis leaves the others alone.
 OUTPUTS = {
     "lockin": ("lockin.csv", "lockin.parquet", "seeds.csv", "seeds.parquet", "tail.png",
@@ -37,7 +39,7 @@ OUTPUTS = {
     "pareto": ("pareto.csv", "pareto.parquet", "pareto.png"),
 }  # fmt: skip
 
-Publish = Callable[[Path, Mapping[str, float]], None]
+Publish = Callable[[Outputs], None]  # sees the new files (staged) before they replace the old
 
 
 class NoFinishedTrialsError(SignlockError):
@@ -64,15 +66,6 @@ class AnalysisRequest:
     @property
     def parts(self) -> tuple[str, ...]:
         return ("lockin", "pareto") if self.what == "all" else (self.what,)
-
-
-@dataclass
-class AnalysisResult:
-    directory: Path
-    files: list[Path] = field(default_factory=list)
-    metrics: dict[str, float] = field(default_factory=dict)  # headline numbers for MLflow
-    n_trials: int = 0
-    n_missing: int = 0
 
 
 def _check_flags(request: AnalysisRequest) -> None:
@@ -124,43 +117,43 @@ def run_analysis(
     resamples: int = 1000,
     per_tensor_ci: bool = False,
     publish: Publish | None = None,
-) -> AnalysisResult:
+) -> Outputs:
     """Tables (CSV and Parquet) and PNG figures of ``sweep``'s finished trials into
-    ``<sweep>/analysis/``. ``publish(folder, metrics)`` (the CLI: log on MLflow) sees the new
-    files before they replace the old ones; if anything fails, ``analysis/`` is unchanged."""
+    ``<sweep>/analysis/``, with the headline numbers as metrics. ``publish(staged)`` (the CLI:
+    log on MLflow) sees the new files before they replace the old ones; if anything fails,
+    ``analysis/`` is unchanged."""
     asked = AnalysisRequest(
         what=what, x=x, y=y, confidence=confidence, resamples=resamples,
         per_tensor_ci=per_tensor_ci,
     )  # fmt: skip
     request = check_request(sweep, asked)
-    result = AnalysisResult(
-        sweep.directory / OUTPUT_DIR, n_trials=len(sweep.trials), n_missing=sweep.n_missing
-    )
-    with _staging(sweep.directory) as stage:
-        written = _write_outputs(sweep, request, stage, result)
+    directory = SweepDir(sweep.directory).analysis
+    metrics: dict[str, float] = {}
+    with _staging(directory) as stage:
+        written = _write_outputs(sweep, request, stage, metrics)
         if publish is not None:
-            publish(stage, result.metrics)
-        result.files = _swap_in(stage, written, result.directory, request.parts)
-    return result
+            publish(Outputs(stage, tuple(stage / name for name in written), dict(metrics)))
+        files = _swap_in(stage, written, directory, request.parts)
+    return Outputs(directory, tuple(files), metrics)
 
 
 def _write_outputs(
-    sweep: Sweep, request: AnalysisRequest, stage: Path, result: AnalysisResult
+    sweep: Sweep, request: AnalysisRequest, stage: Path, metrics: dict[str, float]
 ) -> list[str]:
     written: list[str] = []
     if "lockin" in request.parts:
-        _lockin_outputs(sweep, request, stage, written, result.metrics)
+        _lockin_outputs(sweep, request, stage, written, metrics)
     if "pareto" in request.parts:
-        _pareto_outputs(sweep, request, stage, written, result.metrics)
-    result.metrics["analysis.trials"] = float(result.n_trials)
-    result.metrics["analysis.trials_missing"] = float(result.n_missing)
+        _pareto_outputs(sweep, request, stage, written, metrics)
+    metrics["analysis.trials"] = float(len(sweep.trials))
+    metrics["analysis.trials_missing"] = float(sweep.n_missing)
     return written
 
 
 @contextlib.contextmanager
-def _staging(sweep_dir: Path) -> Iterator[Path]:
-    """A fresh hidden folder beside ``analysis/``, removed afterwards whatever happens."""
-    stage = Path(tempfile.mkdtemp(dir=sweep_dir, prefix=f".{OUTPUT_DIR}."))
+def _staging(directory: Path) -> Iterator[Path]:
+    """A fresh hidden folder beside ``directory``, removed afterwards whatever happens."""
+    stage = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
     try:
         yield stage
     finally:

@@ -16,15 +16,19 @@ and one row records the achieved bpw_eff over all targeted matrices with its dec
 * A budget a method cannot reach gets a row with its reason and no metric.
 
 ``compression.parquet`` columns: ``COLUMNS``. Rows already in it are not recomputed.
+
+:func:`compress_sweep` is ``signlock compress``'s workflow: the CLI hands it an ``execute``
+callback that runs the trials' jobs as Ray tasks, and logs the returned
+:class:`~signlock.analysis.outputs.Outputs` on the sweep's parent run.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -37,9 +41,24 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter
 
 from signlock.analysis.bit_accounting import DEFAULT_BUDGETS, BitAccount
-from signlock.analysis.compressors import METHODS, Compressed, MatrixContext, Unreachable
+from signlock.analysis.compressors import (
+    METHODS,
+    Compressed,
+    MatrixContext,
+    Method,
+    Unreachable,
+)
+from signlock.analysis.outputs import Outputs
 from signlock.trainables.errors import ConfigError
 from signlock.trainables.files import atomic_path, load_torch_file, write_parquet
+from signlock.trainables.layout import RunDir, SweepDir
+from signlock.trainables.schema import compression_metric, validation_objective
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+    from signlock.analysis.sweep_data import Sweep
+    from signlock.trainables.trainer import Trial
 
 COLUMNS = (
     "trial", "seed", "method", "bpw_target", "bpw_eff", "sign_bits", "value_bits", "index_bits",
@@ -49,6 +68,9 @@ UNCOMPRESSED = "uncompressed"
 EXCLUDED_TARGETS = ("emb", "lm_head")
 CALIBRATION_SEED = 1234
 ONE_BIT = 1.0
+TABLE_NAME = "compression.parquet"  # the files of <sweep>/compression/
+FIGURE_NAME = "compression.png"
+RAY_LOG_NAME = "ray.log"
 
 
 @dataclass(frozen=True)
@@ -110,14 +132,14 @@ def compress_trial(job: CompressionJob) -> list[dict[str, Any]]:
     run_dir = Path(job.run_dir)
     cfg = load_run_config(run_dir).with_overrides({"device": "cpu"})
     trial = Trial(cfg, run_dir, progress=False)
-    state = load_torch_file(run_dir / "checkpoints" / "latest.pt", map_location="cpu")
+    state = load_torch_file(RunDir(run_dir).checkpoint, map_location="cpu")
     trial.model.load_state_dict(state["model"])
     targets = target_matrices(trial.model, job.targets)
     originals = {name: p.detach().clone() for name, p in targets}
     templates = Interventions(cfg, trial.model).templates
     refusal = template_refusal(originals, templates)
     norms = input_norms(trial, [name for name, _ in targets])
-    metric_name = "val_ppl" if trial.task.vocab_size is not None else "val_accuracy"
+    metric_name = compression_metric(validation_objective(cfg))  # its family's metric
     base = {"trial": job.trial, "seed": cfg.seed, "metric_name": metric_name}
     rows = []
     if (UNCOMPRESSED, 0.0) not in job.done:
@@ -194,7 +216,7 @@ def template_refusal(
     return None
 
 
-def input_norms(trial: Any, names: list[str]) -> dict[str, torch.Tensor]:
+def input_norms(trial: Trial, names: list[str]) -> dict[str, torch.Tensor]:
     """‖X_j‖₂ of each targeted Linear's input over one fixed training batch (WANDA)."""
     sums: dict[str, torch.Tensor] = {}
     hooks = []
@@ -220,7 +242,7 @@ def input_norms(trial: Any, names: list[str]) -> dict[str, torch.Tensor]:
 
 
 def compress_all(
-    method: Any,
+    method: Method,
     weights: dict[str, torch.Tensor],
     budget: float,
     contexts: dict[str, MatrixContext],
@@ -234,7 +256,7 @@ def compress_all(
     return done
 
 
-def evaluate(trial: Any, metric_name: str) -> float:
+def evaluate(trial: Trial, metric_name: str) -> float:
     metrics = trial.task.evaluate(trial.model)
     if metric_name == "val_accuracy":
         return 1.0 - metrics["val_error"]
@@ -242,7 +264,7 @@ def evaluate(trial: Any, metric_name: str) -> float:
 
 
 def evaluate_with(
-    trial: Any,
+    trial: Trial,
     targets: list[tuple[str, torch.nn.Parameter]],
     compressed: dict[str, Compressed],
     metric_name: str,
@@ -301,18 +323,77 @@ def write_table(table: pd.DataFrame, path: Path) -> None:
     write_parquet(table, path)
 
 
+Rows = list[dict[str, Any]]
+# (jobs, the file for Ray's output) -> each finished job's rows, in any order (the CLI: Ray tasks)
+Execute = Callable[[list[CompressionJob], Path], Iterable[Rows]]
+
+
 def run_compression(
     jobs: list[CompressionJob],
     table_path: Path,
-    execute: Callable[[list[CompressionJob]], Iterable[list[dict[str, Any]]]],
+    execute: Callable[[list[CompressionJob]], Iterable[Rows]],
 ) -> pd.DataFrame:
     """Run ``jobs`` through ``execute`` (rows per finished job, in any order), adding each
     trial's rows to the table as soon as they arrive."""
     table = read_table(table_path)
-    for rows in execute(jobs):
-        table = merge_rows(table, rows)
-        write_table(table, table_path)
+    results = execute(jobs)
+    try:
+        for rows in results:
+            table = merge_rows(table, rows)
+            write_table(table, table_path)
+    finally:
+        if isinstance(results, Generator):  # its progress bar and Ray connection, now
+            results.close()
     return table
+
+
+def finished_trials(sweep: Sweep) -> dict[str, Path]:
+    """Trial name → run directory of each finished trial with a checkpoint (one-line
+    ConfigError when there is none)."""
+    sweep_files = SweepDir(sweep.directory)
+    trials = {
+        name: sweep_files.run(name).path
+        for name in sweep.trials["name"]
+        if sweep_files.run(name).checkpoint.is_file()
+    }
+    if not trials:
+        raise ConfigError("SWEEP", sweep.name, "a sweep with finished trials and checkpoints")
+    return trials
+
+
+def point_labels(sweep: Sweep) -> dict[str, str]:
+    """Trial name → its grid point's label in the figure (``a_init=0.02, …``)."""
+    return {
+        row["name"]: ", ".join(f"{c.removeprefix('config.')}={row[c]}" for c in sweep.group_columns)
+        for _, row in sweep.trials.iterrows()
+    }
+
+
+def compress_sweep(
+    sweep: Sweep,
+    methods: tuple[str, ...],
+    budgets: tuple[float, ...],
+    targets: tuple[str, ...],
+    execute: Execute,
+) -> Outputs:
+    """``signlock compress``: every finished trial's missing rows (``targets`` checked against
+    each trial's model before any work) into ``<sweep>/compression/compression.parquet``, then
+    the figure; the table and the figure (when any budget was reached) as :class:`Outputs`."""
+    trials = finished_trials(sweep)
+    targets = validate_targets(trials.values(), targets)
+    out = SweepDir(sweep.directory).compression
+    out.mkdir(exist_ok=True)
+    table_path = out / TABLE_NAME
+    jobs = plan_jobs(trials, read_table(table_path), methods, budgets, targets)
+    table = run_compression(jobs, table_path, lambda pending: execute(pending, out / RAY_LOG_NAME))
+    figure = save_figure(table, point_labels(sweep), out / FIGURE_NAME)
+    return Outputs(out, (table_path, *([figure] if figure else [])), {})
+
+
+def budgets_reached(outputs: Outputs) -> str:
+    """How many rows of the table reached their budget, in words."""
+    table = read_table(outputs.directory / TABLE_NAME)
+    return f"{int((table.status == 'ok').sum())} of {len(table)} rows reached their budget"
 
 
 # ---- figure -----------------------------------------------------------------------------------
@@ -343,7 +424,7 @@ def compression_figure(table: pd.DataFrame, points: dict[str, str]) -> Figure | 
     return figure
 
 
-def _draw_point(axis: Any, rows: pd.DataFrame, metric_name: str) -> None:
+def _draw_point(axis: Axes, rows: pd.DataFrame, metric_name: str) -> None:
     reached = rows[(rows.status == "ok") & (rows.method != UNCOMPRESSED)]
     for method, group in reached.groupby("method", sort=True):
         stats = group.groupby("bpw_target").agg(
@@ -389,6 +470,7 @@ __all__ = [
     "COLUMNS",
     "DEFAULT_BUDGETS",
     "CompressionJob",
+    "compress_sweep",
     "compress_trial",
     "plan_jobs",
     "run_compression",

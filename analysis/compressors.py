@@ -18,6 +18,7 @@ two-dimensional float matrix and never changes its input.
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -64,15 +65,17 @@ class Unreachable:
     reason: str
 
 
-class Method:
+class Method(abc.ABC):
+    """One compression method: a weight matrix and a bits-per-weight budget in, the rebuilt
+    matrix and its bit account out (or why the budget cannot be met)."""
+
     name: ClassVar[str]
     needs_template: ClassVar[bool] = False
-    needs_input_norms: ClassVar[bool] = False
 
+    @abc.abstractmethod
     def compress(
         self, weight: torch.Tensor, budget: float, context: MatrixContext
-    ) -> Compressed | Unreachable:
-        raise NotImplementedError
+    ) -> Compressed | Unreachable: ...
 
 
 def truncated_svd(
@@ -104,10 +107,10 @@ class SvdMethod(Method):
         rebuilt, account = self.rebuild(weight, rank, context)
         return Compressed(rebuilt.to(weight.dtype), account, rank)
 
+    @abc.abstractmethod
     def rebuild(
         self, weight: torch.Tensor, rank: int, context: MatrixContext
-    ) -> tuple[torch.Tensor, BitAccount]:
-        raise NotImplementedError
+    ) -> tuple[torch.Tensor, BitAccount]: ...
 
     def quantized_product(self, matrix: torch.Tensor, rank: int) -> torch.Tensor:
         """Q(U_r) Q(Σ_r) Q(V_r)ᵀ of ``matrix`` (E.3.3)."""
@@ -256,7 +259,6 @@ class Wanda(Method):
     number per row, as many as CSR storage allows; values 4-bit."""
 
     name = "wanda"
-    needs_input_norms = True
 
     def compress(
         self, weight: torch.Tensor, budget: float, context: MatrixContext

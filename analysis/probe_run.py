@@ -24,6 +24,10 @@ checkpoint), pickles are never unpickled beyond ``weights_only``, and a source w
 (from a safetensors header or a checkpoint's zip records) exceed the memory this process may
 still allocate (:func:`available_memory`) is refused. A source without matrix-shaped tensors is
 an error (exit 2).
+
+:func:`probe_paths` is ``signlock probe``'s workflow; the CLI logs the returned
+:class:`~signlock.analysis.outputs.Outputs` on an MLflow run (nested under the sweep's parent run
+when :func:`probed_sweep` finds that the paths name one sweep).
 """
 
 from __future__ import annotations
@@ -35,9 +39,10 @@ import re
 import resource
 import struct
 import zipfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -50,6 +55,7 @@ import torch
 from tqdm.auto import tqdm
 
 from signlock.analysis import probes
+from signlock.analysis.outputs import Outputs
 from signlock.trainables.errors import (
     ConfigError,
     InputNotFoundError,
@@ -63,6 +69,10 @@ from signlock.trainables.files import (
     write_csv,
     write_text,
 )
+from signlock.trainables.layout import RunDir, SweepDir
+
+if TYPE_CHECKING:
+    from signlock.analysis.sweep_data import Sweep
 
 NamedTensors = list[tuple[str, torch.Tensor]]
 CODEC_COLUMNS = (
@@ -82,13 +92,6 @@ class ProbeSource:
     path: Path
     load: Callable[[], NamedTensors]
     check: Callable[[], int]
-
-
-@dataclass
-class ProbeResult:
-    directory: Path
-    files: list[Path] = field(default_factory=list)
-    metrics: dict[str, float] = field(default_factory=dict)
 
 
 class UnreadableInputError(UsageError):
@@ -243,7 +246,8 @@ def _cgroup_left() -> int | None:
 
 
 def is_run_directory(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / "checkpoints" / "latest.pt").is_file()
+    files = RunDir(path)
+    return files.config.is_file() and files.checkpoint.is_file()
 
 
 def checkpoint_weights(path: Path) -> NamedTensors:
@@ -287,7 +291,7 @@ def initial_weights(run_dir: Path) -> NamedTensors:
     from signlock.trainables.trainer import Trial, load_run_config
 
     cfg = load_run_config(run_dir)
-    summary_path = run_dir / "summary.json"
+    summary_path = RunDir(run_dir).summary
     if summary_path.is_file():
         device = json.loads(summary_path.read_text()).get("device") or cfg.device
         cfg = cfg.with_overrides({"device": "cuda" if str(device).startswith("cuda") else "cpu"})
@@ -296,7 +300,7 @@ def initial_weights(run_dir: Path) -> NamedTensors:
 
 
 def run_sources(run_dir: Path, label: str) -> list[ProbeSource]:
-    final = run_dir / "checkpoints" / "latest.pt"
+    final = RunDir(run_dir).checkpoint
 
     def size() -> int:  # the model alone is at most its checkpoint
         return torch_file_bytes(final)
@@ -361,12 +365,12 @@ def sweep_sources(name_or_path: str, storage: Path) -> list[ProbeSource]:
             "a run directory, a sweep (name or directory), a state_dict file, a safetensors file "
             "or a directory of safetensors shards",
         ) from error
-    runs = sweep.directory / "runs"
+    sweep_files = SweepDir(sweep.directory)
     return [
         source
         for trial in sweep.trials["name"]
-        if is_run_directory(runs / trial)
-        for source in run_sources(runs / trial, trial)
+        if is_run_directory(sweep_files.run(trial).path)
+        for source in run_sources(sweep_files.run(trial).path, trial)
     ]
 
 
@@ -460,11 +464,32 @@ def _exclusion_note(named: NamedTensors, excluded: tuple[str, ...]) -> str:
     return ""
 
 
-def run_probe(sources: list[ProbeSource], out: Path, options: ProbeOptions) -> ProbeResult:
+def probe_paths(paths: Sequence[str], storage: Path, out: Path, options: ProbeOptions) -> Outputs:
+    """``signlock probe``: the weights of every PATH argument (sweeps by name under
+    ``storage``) probed into ``out`` (:func:`run_probe`)."""
+    sources = [source for path in paths for source in resolve_sources(path, storage)]
+    if not sources:
+        raise ConfigError("PATH", " ".join(paths), "weights to probe (no finished trial)")
+    return run_probe(sources, out, options)
+
+
+def probed_sweep(paths: Sequence[str], storage: Path) -> Sweep | None:
+    """The sweep that ``paths`` name when they name exactly one (its probe's MLflow run nests
+    under the sweep's parent run), else None."""
+    from signlock.analysis.sweep_data import load_sweep
+
+    if len(paths) == 1 and not Path(paths[0]).is_file():
+        with contextlib.suppress(SignlockError, FileNotFoundError):
+            return load_sweep(paths[0], storage)
+    return None
+
+
+def run_probe(sources: list[ProbeSource], out: Path, options: ProbeOptions) -> Outputs:
     """Probe every source; write the tables, JSON and figures into ``out`` (created only once
-    every source has been probed, so a failed probe leaves nothing behind)."""
+    every source has been probed, so a failed probe leaves nothing behind), with each source's
+    headline numbers as metrics."""
     check_sources(sources)
-    result = ProbeResult(out)
+    metrics: dict[str, float] = {}
     svd, codecs = [], []
     ks_all, entropy_all, ks_values = {}, {}, {}
     # A bar on terminals only, closed (and erased) before an error's one line is printed.
@@ -477,12 +502,12 @@ def run_probe(sources: list[ProbeSource], out: Path, options: ProbeOptions) -> P
             entropy_all[source.label] = entropy_json
             if ks is not None:
                 ks_values[source.label] = ks
-            result.metrics.update(source_metrics(source.label, ks_json, entropy_json, codec_rows))
+            metrics.update(source_metrics(source.label, ks_json, entropy_json, codec_rows))
     if options.references:
         codecs += reference_rows()
     table = pd.DataFrame(codecs).reindex(columns=CODEC_COLUMNS)
-    write_outputs(result, pd.DataFrame(svd), ks_all, entropy_all, table, ks_values)
-    return result
+    files = write_outputs(out, pd.DataFrame(svd), ks_all, entropy_all, table, ks_values)
+    return Outputs(out, tuple(files), metrics)
 
 
 def reference_rows() -> list[dict[str, object]]:
@@ -518,21 +543,22 @@ def source_metrics(label: str, ks: dict, entropy: dict, codecs: list[dict]) -> d
 
 
 def write_outputs(
-    result: ProbeResult,
+    out: Path,
     svd: pd.DataFrame,
     ks: dict,
     entropy: dict,
     codecs: pd.DataFrame,
     ks_values: dict[str, probes.KsResult],
-) -> None:
-    out = result.directory
+) -> list[Path]:
+    """The tables, JSON and figures into ``out``; the files written, in order."""
     out.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
     for name, frame in (("svd_error.csv", svd), ("codecs.csv", codecs)):
         write_csv(frame, out / name)
-        result.files.append(out / name)
+        files.append(out / name)
     for name, payload in (("ks.json", ks), ("entropy.json", entropy)):
         write_text(out / name, json.dumps(payload, indent=2, default=_json_number))
-        result.files.append(out / name)
+        files.append(out / name)
     for name, draw in (
         ("svd_error.png", lambda: svd_figure(svd)),
         ("ks_cdf.png", lambda: ks_figure(ks_values)),
@@ -543,7 +569,8 @@ def write_outputs(
             with atomic_path(out / name) as tmp:
                 figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
             plt.close(figure)
-            result.files.append(out / name)
+            files.append(out / name)
+    return files
 
 
 def _json_number(value: object) -> object:

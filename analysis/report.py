@@ -1,6 +1,7 @@
 """``signlock report``: one self-contained HTML page of a sweep — its spec, trial states, the
 analysis tables and every figure (embedded as data URIs: no network, no side files), with links
-to each trial's MLflow run."""
+to each trial's MLflow run. A sweep with finished trials but no analysis yet is analysed
+first."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from signlock.analysis.analyze import Publish, run_analysis
+from signlock.analysis.outputs import Outputs
 from signlock.analysis.sweep_data import POOLED, Sweep, read_parquet_file, restore_integers
 from signlock.trainables.files import UnreadableFileError, atomic_path
+from signlock.trainables.layout import SweepDir
 
 REPORT_NAME = "report.html"
 STYLE = """
@@ -109,7 +113,8 @@ def _compression_section(directory: Path) -> list[str]:
 
 def render_report(sweep: Sweep, analysis_dir: Path, trial_links: Mapping[str, str]) -> str:
     """The HTML of the report (``trial_links``: trial name → URL of its MLflow run)."""
-    trials_csv = sweep.directory / "trials.csv"
+    sweep_files = SweepDir(sweep.directory)
+    trials_csv = sweep_files.trials_csv
     trials = _read_csv(trials_csv) if trials_csv.exists() else sweep.trials
     lockin = _read(analysis_dir, "lockin")
     pooled = lockin[lockin["tensor"] == POOLED] if "tensor" in lockin else lockin
@@ -129,7 +134,7 @@ def render_report(sweep: Sweep, analysis_dir: Path, trial_links: Mapping[str, st
         _table(_read(analysis_dir, "pareto")),
         "<h2>Figures</h2>",
         _figures(analysis_dir),
-        *_compression_section(sweep.directory / "compression"),
+        *_compression_section(sweep_files.compression),
         "<h2>Spec</h2>",
         f"<pre>{html.escape(json.dumps(sweep.record.context.spec, indent=2))}</pre>",
         "<p id='render-check' class='muted'></p>",
@@ -142,9 +147,17 @@ def render_report(sweep: Sweep, analysis_dir: Path, trial_links: Mapping[str, st
     )
 
 
-def write_report(sweep: Sweep, analysis_dir: Path, trial_links: Mapping[str, str]) -> Path:
+def write_report(
+    sweep: Sweep, trial_links: Mapping[str, str], *, publish: Publish | None = None
+) -> Outputs:
+    """``<sweep>/analysis/report.html``; a sweep with finished trials but no analysis yet is
+    analysed first (:func:`~signlock.analysis.analyze.run_analysis`, which hands ``publish`` its
+    outputs)."""
+    analysis_dir = SweepDir(sweep.directory).analysis
+    if len(sweep.trials) and not (analysis_dir / "seeds.csv").exists():
+        run_analysis(sweep, publish=publish)
     path = analysis_dir / REPORT_NAME
     page = render_report(sweep, analysis_dir, trial_links)
     with atomic_path(path) as tmp:
         tmp.write_text(page, encoding="utf-8")
-    return path
+    return Outputs(analysis_dir, (path,), {})

@@ -24,14 +24,18 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from signlock.orchestrator.query import as_integers, typed_values
-from signlock.orchestrator.record import SWEEP_FILE, SweepRecord
-from signlock.orchestrator.trial_runner import read_summaries
 from signlock.search_spaces.axes import Axis
 from signlock.search_spaces.spec import SweepSpec
 from signlock.trainables.config import field_hint
 from signlock.trainables.errors import SweepNotFoundError
 from signlock.trainables.files import UnreadableFileError
+from signlock.trainables.layout import FLIPS, SUMMARIES, TENSOR_METRICS, SweepDir
+from signlock.trainables.records import (
+    SweepRecord,
+    as_integers,
+    read_summaries,
+    typed_values,
+)
 from signlock.trainables.schema import SUMMARY_INT_FIELDS, validation_objective
 
 DEFAULT_STORAGE = Path("signlock-runs") / "sweeps"
@@ -112,13 +116,14 @@ class Sweep:
 
     @property
     def validation_metric(self) -> str:
-        return validation_objective(self.spec.base.model.kind)
+        return validation_objective(self.spec.base)
 
     def flips(
         self, *, tensors: Sequence[str] | None = None, trials: Sequence[str] | None = None
     ) -> pd.DataFrame:
         """K histograms: trial, tensor, k, count (only the tensors/trials asked for)."""
-        return _read_dataset(self.directory / "flips", ["tensor", "k", "count"], tensors, trials)
+        path = SweepDir(self.directory).dataset(FLIPS)
+        return _read_dataset(path, ["tensor", "k", "count"], tensors, trials)
 
     def blocks(self) -> pd.DataFrame:
         """flip(t) and the step flip rate per block and step (see :func:`block_metrics`)."""
@@ -130,7 +135,7 @@ class Sweep:
         """Every trial's ``metrics.parquet`` rows: trial, step and ``columns``."""
         frames = []
         for name in trials if trials is not None else self.trials["name"]:
-            path = self.directory / "runs" / name / "metrics.parquet"
+            path = SweepDir(self.directory).run(name).metrics
             if path.is_file():
                 frame = read_parquet_file(path, columns=["step", *columns])
                 frames.append(frame.assign(trial=name))
@@ -240,7 +245,7 @@ def block_metrics(directory: Path, trials: Sequence[str] | None = None) -> pd.Da
     means of flip(t) and the step flip rate over every tensor of the block and every trial,
     streamed from the ``tensor_metrics/``
     dataset batch by batch (memory bounded by a batch, whatever the dataset's size)."""
-    path = directory / "tensor_metrics"
+    path = SweepDir(directory).dataset(TENSOR_METRICS)
     empty = pd.DataFrame(columns=["step", "block", *BLOCK_METRICS])
     if not path.is_dir():
         return empty
@@ -334,7 +339,7 @@ def _read_summaries(directory: Path) -> pd.DataFrame:
     try:
         return read_summaries(directory)
     except ARROW_ERRORS as error:
-        raise unreadable_dataset(directory / "summaries", error) from None
+        raise unreadable_dataset(SweepDir(directory).dataset(SUMMARIES), error) from None
 
 
 def finished_trials(directory: Path, record: SweepRecord) -> pd.DataFrame:
@@ -355,8 +360,8 @@ def finished_trials(directory: Path, record: SweepRecord) -> pd.DataFrame:
 def load_sweep(name_or_path: str | Path, storage: str | Path = DEFAULT_STORAGE) -> Sweep:
     """A sweep by directory, or by name under ``storage``: its record and finished trials."""
     candidate = Path(name_or_path).expanduser()
-    directory = candidate if (candidate / SWEEP_FILE).is_file() else Path(storage) / candidate
-    if not (directory / SWEEP_FILE).is_file():
+    directory = candidate if SweepDir(candidate).record.is_file() else Path(storage) / candidate
+    if not SweepDir(directory).record.is_file():
         raise SweepNotFoundError(name_or_path, storage)
     directory = directory.resolve()
     record = SweepRecord.read(directory)

@@ -16,8 +16,6 @@ import pandas as pd
 from signlock.analysis.lockin import bootstrap, fit, floating_test, goodness_of_fit
 from signlock.analysis.sweep_data import POOLED, Sweep
 
-SEED_COLUMN = "config.seed"
-
 
 def _row(trial: str, tensor: str, hist: pd.DataFrame, ci: bool, **bootstrap_args) -> dict:
     k, count = hist["k"].to_numpy(), hist["count"].to_numpy()

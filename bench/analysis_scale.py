@@ -24,9 +24,8 @@ import numpy as np
 import pandas as pd
 
 from signlock.orchestrator import tracking
-from signlock.orchestrator.record import SweepRecord
-from signlock.orchestrator.trial_runner import SweepContext, write_partition
 from signlock.search_spaces.spec import SweepSpec
+from signlock.trainables.records import SweepContext, SweepRecord, write_partition
 
 SEEDS = 4
 PER_BLOCK = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.fc1", "mlp.fc2")

@@ -26,8 +26,8 @@ from typing import Any
 from signlock.cluster import ray_cluster
 from signlock.cluster.slurm_request import SlurmRequest
 from signlock.trainables.errors import ConfigError, SignlockError
+from signlock.trainables.layout import SweepDir
 
-LOG_FOLDER = "slurm"  # under the sweep directory: submitit's pickles and every task's logs
 FINISHED_STATES = {
     "BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL",
     "OUT_OF_MEMORY", "PREEMPTED", "TIMEOUT",
@@ -105,7 +105,7 @@ def _executor(
     import submitit
 
     executor = submitit.AutoExecutor(
-        folder=folder / LOG_FOLDER / "%j",
+        folder=SweepDir(folder).slurm / "%j",
         cluster="slurm",
         slurm_max_num_timeout=request.max_requeues,  # requeues after USR2 (time limit, preemption)
     )
@@ -186,7 +186,7 @@ def submit_ray_job(
     """One job: a Ray cluster over the allocation, ``entrypoint(address)`` on its head node."""
     # Ray's token authentication, the same on every node and for the driver (never off).
     auth = ray_cluster.auth_environment(ray_cluster.ensure_auth_token(sweep_dir))
-    rendezvous_dir = sweep_dir / LOG_FOLDER
+    rendezvous_dir = SweepDir(sweep_dir).slurm
     rendezvous_dir.mkdir(parents=True, exist_ok=True)
     job = _executor(sweep_dir, request, job_name, auth).submit(
         RayAllocationJob(entrypoint, rendezvous_dir)
@@ -307,13 +307,9 @@ def cancel(job_id: str, *, timeout_s: float = 180.0) -> None:
         time.sleep(1.0)
 
 
-def requeue(job_id: str) -> None:
-    _run(["scontrol", "requeue", job_id])
-
-
 def log_files(sweep_dir: Path, job_id: str) -> list[Path]:
     """The job's stdout/stderr files: one pair per node, or per task of an array job."""
-    root = sweep_dir / LOG_FOLDER
+    root = SweepDir(sweep_dir).slurm
     folders = [root / job_id, *sorted(root.glob(f"{job_id}_*"))]
     found = [path for folder in folders for path in sorted(folder.glob(f"{job_id}*_log.*"))]
     return sorted(found, key=lambda path: (path.suffix != ".out", path.name))

@@ -7,7 +7,7 @@ Checks against the live cluster (the partition exists, it has GPUs) are in
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from signlock.trainables.errors import ConfigError
 
@@ -46,24 +46,46 @@ def parse_mem_mb(text: str) -> int:
     return max(1, int(int(match.group(1)) * _MEM_UNIT_MB[match.group(2).upper()]))
 
 
+def flag(help_text: str | None = None, **argparse_options: object) -> dict[str, object]:
+    """A request field's command-line flag: ``--<field-name>`` unless ``flag=`` says otherwise,
+    with these ``add_argument`` options (signlock.orchestrator.commands.flags reads them)."""
+    return {"help": help_text, **argparse_options}
+
+
 @dataclass(frozen=True)
 class SlurmRequest:
     """One SLURM submission: an allocation running a Ray cluster (``mode="ray"``), or one array
-    task per trial (``mode="array"``)."""
+    task per trial (``mode="array"``). Each field is one ``--backend slurm`` flag."""
 
-    partition: str
-    time: str
-    nodes: int = 1
-    gpus_per_node: int = 0
-    cpus_per_node: int | None = None  # None: SLURM's default for the partition
-    mem: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    constraint: str | None = None
-    setup: tuple[str, ...] = ()
-    max_requeues: int = 3
-    mode: str = "ray"
-    array_parallelism: int | None = None
+    partition: str = field(metadata=flag("SLURM partition (required with --backend slurm)"))
+    time: str = field(metadata=flag("job time limit, HH:MM:SS (required with --backend slurm)"))
+    nodes: int = field(default=1, metadata=flag("nodes of the allocation (default 1)"))
+    gpus_per_node: int = field(default=0, metadata=flag())
+    cpus_per_node: int | None = field(default=None, metadata=flag())  # None: the partition's
+    mem: str | None = field(default=None, metadata=flag("memory per node, e.g. 64G"))
+    account: str | None = field(default=None, metadata=flag())
+    qos: str | None = field(default=None, metadata=flag())
+    constraint: str | None = field(default=None, metadata=flag())
+    setup: tuple[str, ...] = field(
+        default=(),
+        metadata=flag(
+            "a shell line run before the job (e.g. 'module load cuda'); repeatable",
+            flag="--slurm-setup", repeatable=True, metavar="CMD",
+        ),
+    )  # fmt: skip
+    max_requeues: int = field(
+        default=3, metadata=flag("requeues after time limits or preemption (default 3)")
+    )
+    mode: str = field(
+        default="ray",
+        metadata=flag(
+            "ray: one job running a Ray cluster (default); array: one array task per trial",
+            flag="--slurm-mode", choices=MODES,
+        ),
+    )  # fmt: skip
+    array_parallelism: int | None = field(
+        default=None, metadata=flag("array tasks running at once")
+    )
 
     def __post_init__(self) -> None:
         if not self.partition:

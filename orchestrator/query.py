@@ -20,7 +20,13 @@ import pandas as pd
 
 from signlock.trainables.errors import ConfigError, SweepNotFoundError
 from signlock.trainables.files import write_parquet, write_text
-from signlock.trainables.schema import SUMMARY_INT_FIELDS
+from signlock.trainables.records import as_integers, typed_values
+from signlock.trainables.schema import (
+    ANALYSIS_COUNT_METRICS,
+    RESULT_METRICS,
+    SUMMARY_INT_FIELDS,
+    SWEEP_COUNT_METRICS,
+)
 
 FORMATS = ("table", "csv", "json", "parquet")
 _OPS: dict[str, Callable[[object, object], object]] = {
@@ -98,48 +104,8 @@ def apply_filter(runs: pd.DataFrame, text: str | None) -> pd.DataFrame:
     return runs[keep]
 
 
-MISSING_TEXT = ("", "None", "null", "nan", "NaN", "<NA>")
-_INTEGER = r"[+-]?\d+"
-_BOOLEANS = {"True": True, "False": False, "true": True, "false": False}
-
-
-def typed_values(values: pd.Series) -> pd.Series:
-    """Values stored as text (MLflow params, a sweep's flattened configs: ``str(value)``) back
-    as what they were: a column of integers becomes Int64, of numbers float64, of True/False
-    boolean, with ``None``/``nan`` as missing; a column holding anything else is left as it is,
-    and one with no value at all becomes float NaN."""
-    missing = values.isna() | values.astype("string").isin(MISSING_TEXT).fillna(True)
-    text = values[~missing].astype("string").str.strip()
-    if text.empty:
-        return pd.Series(float("nan"), index=values.index, dtype="float64")
-    numbers = pd.to_numeric(text, errors="coerce")
-    if text.str.fullmatch(_INTEGER).all() and numbers.dtype.kind == "i":  # not beyond int64
-        return _with_missing(numbers, missing, "Int64")
-    if numbers.notna().all():
-        return _with_missing(numbers.astype("float64"), missing, "float64")
-    if text.isin(list(_BOOLEANS)).all():
-        return _with_missing(text.map(_BOOLEANS), missing, "boolean")
-    return values
-
-
-def _with_missing(present: pd.Series, missing: pd.Series, dtype: str) -> pd.Series:
-    out = pd.Series(pd.NA if dtype != "float64" else float("nan"), index=missing.index)
-    out = out.astype(dtype)
-    out[~missing] = present.astype(dtype)
-    return out
-
-
 # Metrics MLflow stores as doubles that count things: integers in every output format.
-INTEGER_METRICS = (
-    *SUMMARY_INT_FIELDS,
-    "trials_total",
-    "trials_errored",
-    "trials_unfinished",
-    "analysis.trials",
-    "analysis.trials_missing",
-    "analysis.pareto_size",
-    "analysis.floating_trials",
-)
+INTEGER_METRICS = (*SUMMARY_INT_FIELDS, *SWEEP_COUNT_METRICS, *ANALYSIS_COUNT_METRICS)
 
 
 def typed_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -151,15 +117,6 @@ def typed_runs(runs: pd.DataFrame) -> pd.DataFrame:
         elif column.removeprefix("metrics.") in INTEGER_METRICS and column.startswith("metrics."):
             typed[column] = as_integers(runs[column])
     return typed
-
-
-def as_integers(values: pd.Series) -> pd.Series:
-    """A float column of whole numbers (NaN for missing) as Int64; anything else unchanged."""
-    numbers = pd.to_numeric(values, errors="coerce")
-    present = numbers.dropna()
-    if values.notna().sum() != len(present) or not (present % 1 == 0).all():
-        return values
-    return numbers.astype("Int64")
 
 
 def search_runs(
@@ -199,24 +156,25 @@ DEFAULT_COLUMNS = (
     "params.regularizer.lam",
     "params.optim.lr",
     "params.seed",
-    "metrics.val_ppl",
-    "metrics.val_error",
-    "metrics.flip_mean",
-    "metrics.final_flip_ratio",
-    "metrics.h_hat",
-    "metrics.g_hat",
+    *(f"metrics.{metric}" for metric in RESULT_METRICS),
 )
+
+
+def check_format(fmt: str, output: Path | None) -> None:
+    """``--format``/``--output`` as :func:`write_runs` takes them (checked before searching)."""
+    if fmt not in FORMATS:
+        raise ConfigError("--format", fmt, "one of " + ", ".join(FORMATS))
+    if fmt == "parquet" and output is None:
+        raise ConfigError("--output", None, "a file path (parquet is binary)")
 
 
 def write_runs(runs: pd.DataFrame, fmt: str, output: Path | None, all_columns: bool) -> str:
     """Render as table/csv/json (returned) or parquet (written to ``output``)."""
-    if fmt not in FORMATS:
-        raise ConfigError("--format", fmt, "one of " + ", ".join(FORMATS))
+    check_format(fmt, output)
     if not all_columns:
         runs = runs[[c for c in DEFAULT_COLUMNS if c in runs.columns]]
     if fmt == "parquet":
-        if output is None:
-            raise ConfigError("--output", None, "a file path (parquet is binary)")
+        assert output is not None
         write_parquet(runs, output)
         return f"{len(runs)} runs written to {output}"
     if fmt == "csv":

@@ -35,13 +35,14 @@ from typing import Any
 from ray import tune
 from tqdm.auto import tqdm
 
-from signlock.orchestrator.trial_record import RUNS_DIR, SchedulerState
-from signlock.orchestrator.trial_runner import SweepContext, resolve_trial_config, run_sweep_trial
+from signlock.orchestrator.trial_record import SchedulerState
+from signlock.orchestrator.trial_runner import resolve_trial_config, run_sweep_trial
 from signlock.search_spaces.spec import SweepSpec
 from signlock.trainables.errors import ConfigError, UsageError
+from signlock.trainables.layout import SweepDir
+from signlock.trainables.records import SweepContext
 
 LOCAL_RAY = "local"  # ray.init's address that always starts a new cluster owned by this process
-RAY_LOG = "ray.log"
 FORWARDED_ENV_PREFIX = "SIGNLOCK_"  # e.g. SIGNLOCK_CACHE reaches trials on remote workers
 CONNECT_TIMEOUT_S = 30.0
 # Ray uses the loopback address as the node's address (and binds there) when clusters are off.
@@ -372,7 +373,7 @@ def _callbacks(
         finished=settings.finished,
         enabled=settings.progress,
     )
-    return [progress, TrialRecorder(Path(context.sweep_dir) / RUNS_DIR, name_of)]
+    return [progress, TrialRecorder(SweepDir(Path(context.sweep_dir)).runs, name_of)]
 
 
 def _new_tuner(
@@ -449,8 +450,9 @@ def set_aside_state(sweep_dir: Path, folder: str) -> Path:
 def _tune_state_files(sweep_dir: Path) -> Iterator[Path]:
     """The sweep directory and every file Tune reads back on restore (some unpickled)."""
     yield sweep_dir
+    lock = SweepDir(sweep_dir).driver_lock
     for path in sweep_dir.iterdir():
-        if path.is_file() and path.suffix in {".pkl", ".json"} and path.name != ".driver.lock":
+        if path.is_file() and path.suffix in {".pkl", ".json"} and path != lock:
             yield path
         elif path.is_dir() and path.name.startswith("tune_"):
             yield path
@@ -494,7 +496,7 @@ def fit(
     trainable = tune.with_resources(
         tune.with_parameters(signlock_trainable, context=context), settings.resources
     )
-    ray_log = Path(context.sweep_dir) / RAY_LOG
+    ray_log = SweepDir(Path(context.sweep_dir)).ray_log
     quiet = not settings.verbose
     if quiet:
         _send_ray_logs_to(ray_log)

@@ -5,20 +5,18 @@ have not started yet are counted against the planned number.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from signlock.orchestrator.record import SweepRecord
 from signlock.orchestrator.sweep_lock import driver_holder
-from signlock.orchestrator.trial_record import STATES, trial_table
+from signlock.orchestrator.trial_record import STATES
+from signlock.trainables.config import TrialConfig
+from signlock.trainables.records import SweepRecord, read_summaries
+from signlock.trainables.schema import FLIP_OBJECTIVE, STATUS_METRICS, VAL_PPL, validation_objective
 
-SHOWN_COLUMNS = (
-    "trial_id", "name", "status", "step", "failures",
-    "val_ppl", "val_error", "flip_mean", "h_hat", "g_hat", "error",
-)  # fmt: skip
+SHOWN_COLUMNS = ("trial_id", "name", "status", "step", "failures", *STATUS_METRICS, "error")
 
 
 @dataclass(frozen=True)
@@ -27,6 +25,7 @@ class SweepStatus:
     n_planned: int
     trials: pd.DataFrame
     driver: str | None = None  # who drives the sweep now
+    objective: str = VAL_PPL  # the validation metric of the sweep's trial family
 
     def counts(self) -> dict[str, int]:
         by_state = self.trials["status"].value_counts() if len(self.trials) else pd.Series()
@@ -35,28 +34,26 @@ class SweepStatus:
         return counts
 
     def best(self) -> pd.Series | None:
-        for metric in ("val_ppl", "val_error"):
-            if metric in self.trials and self.trials[metric].notna().any():
-                return self.trials.loc[self.trials[metric].idxmin()]
+        """The trial with the lowest validation objective so far (None before any)."""
+        metric = self.objective
+        if metric in self.trials and self.trials[metric].notna().any():
+            return self.trials.loc[self.trials[metric].idxmin()]
         return None
 
 
 def sweep_status(sweep_dir: Path) -> SweepStatus:
-    from signlock.orchestrator.submit import array_trial_table, is_array
+    from signlock.orchestrator.backends import backend_of
     from signlock.orchestrator.sweep import trials_table
-    from signlock.orchestrator.trial_runner import read_summaries
 
     record = SweepRecord.read(sweep_dir)
     driver = driver_holder(sweep_dir)
-    if is_array(record):
-        states = array_trial_table(sweep_dir, record, ended=False)
-    else:
-        states = trial_table(sweep_dir, driven=driver is not None)
+    states = backend_of(record).trial_states(sweep_dir, record, driven=driver is not None)
     trials = trials_table(states, read_summaries(sweep_dir)) if len(states) else states
     if "checkpoint_step" in trials:
         trials["status"] = [_shown_status(row) for _, row in trials.iterrows()]
     shown = [column for column in SHOWN_COLUMNS if column in trials]
-    return SweepStatus(sweep_dir, record.n_trials, trials[shown], driver)
+    objective = validation_objective(TrialConfig.from_dict(record.context.spec["base"]))
+    return SweepStatus(sweep_dir, record.n_trials, trials[shown], driver, objective)
 
 
 def _shown_status(row: pd.Series) -> str:
@@ -78,10 +75,10 @@ def format_status(status: SweepStatus) -> str:
     ]
     best = status.best()
     if best is not None:
-        metric = "val_ppl" if not math.isnan(best.get("val_ppl", math.nan)) else "val_error"
+        metric = status.objective
         lines.append(
             f"  best so far: {best['name'] or best['trial_id']} {metric}={best[metric]:.4g}"
-            f" flip_mean={best['flip_mean']:.3g}"
+            f" {FLIP_OBJECTIVE}={best[FLIP_OBJECTIVE]:.3g}"
         )
     if len(status.trials):
         shown = status.trials.dropna(axis="columns", how="all")

@@ -27,7 +27,6 @@ import torch
 
 from signlock.cluster.slurm_request import SlurmRequest
 from signlock.orchestrator import ray_tune, tracking
-from signlock.orchestrator.record import SweepRecord
 from signlock.orchestrator.sweep import (
     SweepOptions,
     finalize_sweep,
@@ -38,9 +37,6 @@ from signlock.orchestrator.sweep import (
 from signlock.orchestrator.sweep_lock import refuse_if_driven
 from signlock.orchestrator.trial_record import typed_frame
 from signlock.orchestrator.trial_runner import (
-    SweepContext,
-    attempts_of,
-    read_summaries,
     resolve_trial_config,
     run_sweep_trial,
     start_over,
@@ -48,10 +44,13 @@ from signlock.orchestrator.trial_runner import (
 )
 from signlock.search_spaces.spec import SweepSpec
 from signlock.trainables.errors import ConfigError, SignlockError
+from signlock.trainables.layout import SweepDir
+from signlock.trainables.records import SweepContext, SweepRecord, attempts_of, read_summaries
 from signlock.trainables.schema import RESULT_METRICS
-from signlock.trainables.trainer import CHECKPOINT_NAME, checkpoint_step
+from signlock.trainables.trainer import checkpoint_step
 
 POLL_S = 2.0
+BACKEND, ARRAY_BACKEND = "slurm", "slurm-array"  # their names in signlock.orchestrator.backends
 
 
 @dataclass(frozen=True)
@@ -107,7 +106,7 @@ def resubmit_sweep(
     sweep_dir = sweep_dir_for(name_or_path, options.storage)
     refuse_if_driven(sweep_dir)
     record = SweepRecord.read(sweep_dir)
-    recorded = record.slurm_request or {}
+    recorded = record.submission.request or {}
     try:
         request = SlurmRequest.from_dict({**recorded, **request_overrides})
     except TypeError:
@@ -147,33 +146,32 @@ def _submit(
     entrypoint = ClusterEntrypoint(sweep_dir, options, restore)
     job_name = f"signlock-{record.context.sweep_name}"
     job_id = slurm.submit_ray_job(request, sweep_dir, job_name, entrypoint)
-    record.with_slurm_job(request.to_dict(), job_id).write(sweep_dir)
+    record.with_job(BACKEND, request.to_dict(), job_id).write(sweep_dir)
     return job_id
 
 
 def is_array(record: SweepRecord) -> bool:
-    return (record.slurm_request or {}).get("mode") == "array"
+    return record.submission.backend == ARRAY_BACKEND
 
 
 def current_jobs(record: SweepRecord) -> tuple[str, ...]:
     """The jobs of the latest submission: the Ray job, or the array and its follow-up job."""
-    return record.slurm_jobs[-2:] if is_array(record) else record.slurm_jobs[-1:]
+    return record.jobs[-2:] if is_array(record) else record.jobs[-1:]
 
 
 def latest_job(sweep_dir: Path) -> str:
     """The job whose end is the sweep's end (in array mode: the follow-up job)."""
     record = SweepRecord.read(sweep_dir)
-    if not record.slurm_jobs:
+    if not record.jobs:
         raise ConfigError("sweep", str(sweep_dir), "a sweep submitted with --backend slurm")
-    return record.slurm_jobs[-1]
+    return record.jobs[-1]
 
 
-def job_line(sweep_dir: Path) -> str | None:
+def job_line(record: SweepRecord) -> str | None:
     """``SLURM job 123: running`` for a sweep submitted to SLURM (its array and follow-up job in
     array mode), else None."""
     from signlock.cluster import slurm
 
-    record = SweepRecord.read(sweep_dir)
     lines = [slurm.job_state(job).describe() for job in current_jobs(record)]
     if is_array(record) and lines:
         lines[0] = lines[0].replace("SLURM job", "SLURM array job", 1)
@@ -196,7 +194,7 @@ def wait_for_job(sweep_dir: Path, *, poll_s: float = POLL_S) -> pd.DataFrame:
         if state.finished or state.state == "UNKNOWN":
             break
         time.sleep(poll_s)
-    trials = sweep_dir / "trials.csv"
+    trials = SweepDir(sweep_dir).trials_csv
     if not trials.exists() or trials.stat().st_mtime < _submitted_at(sweep_dir, job_id):
         raise SignlockError(
             f"SLURM job {job_id} ended {state.state} without results; "
@@ -206,9 +204,8 @@ def wait_for_job(sweep_dir: Path, *, poll_s: float = POLL_S) -> pd.DataFrame:
 
 
 def _submitted_at(sweep_dir: Path, job_id: str) -> float:
-    from signlock.cluster import slurm
 
-    folder = sweep_dir / slurm.LOG_FOLDER / job_id
+    folder = SweepDir(sweep_dir).slurm / job_id
     pickles = list(folder.glob("*_submitted.pkl"))
     return min((p.stat().st_mtime for p in pickles), default=0.0)
 
@@ -253,8 +250,6 @@ def cancel_sweep(sweep_dir: Path) -> str:
 
 # ---- array mode: one SLURM array task per trial, no Ray ----------------------------------
 
-ARRAY_ERROR = "array-error.txt"  # in a trial's run directory: why its last array task failed
-
 
 def _array_trial_id(name: str) -> str:
     return f"array-{name}"  # stable: a re-submitted task continues the trial's checkpoint
@@ -267,15 +262,16 @@ def run_array_trial(item: dict[str, Any], context: SweepContext) -> dict[str, fl
         torch.set_num_threads(int(threads))
     config = {"overrides": item["point"]}
     name = resolve_trial_config(context, config).name
-    run_dir = Path(context.sweep_dir) / "runs" / name
+    run_files = SweepDir(Path(context.sweep_dir)).run(name)
+    run_dir = run_files.path
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / ARRAY_ERROR).unlink(missing_ok=True)
+    run_files.array_error.unlink(missing_ok=True)
     if item.get("fresh"):
         start_over(run_dir)
     try:
         return run_sweep_trial(config, context, _array_trial_id(name), lambda metrics: None)
     except BaseException as error:
-        (run_dir / ARRAY_ERROR).write_text(f"{type(error).__name__}: {error}"[:300])
+        run_files.array_error.write_text(f"{type(error).__name__}: {error}"[:300])
         raise
 
 
@@ -288,9 +284,9 @@ def array_trial_table(sweep_dir: Path, record: SweepRecord, *, ended: bool) -> p
     rows = []
     for point in SweepSpec.from_dict(context.spec).grid_overrides():
         cfg = resolve_trial_config(context, {"overrides": point})
-        run_dir = sweep_dir / "runs" / cfg.name
-        attempts = attempts_of(run_dir)
-        error_file = run_dir / ARRAY_ERROR
+        run_files = SweepDir(sweep_dir).run(cfg.name)
+        attempts = attempts_of(run_files.path)
+        error_file = run_files.array_error
         error = error_file.read_text() if error_file.exists() else None
         if cfg.name in finished:
             status, error = "TERMINATED", None
@@ -304,7 +300,7 @@ def array_trial_table(sweep_dir: Path, record: SweepRecord, *, ended: bool) -> p
             "trial_id": _array_trial_id(cfg.name),
             "name": cfg.name,
             "status": status,
-            "step": max(checkpoint_step(run_dir / "checkpoints" / CHECKPOINT_NAME), 0),
+            "step": max(checkpoint_step(run_files.checkpoint), 0),
             "failures": max(len(attempts) - 1, 0),
         }
         row.update({metric: math.nan for metric in RESULT_METRICS})
@@ -343,8 +339,8 @@ def _submit_array(
     array_id = slurm.submit_array(request, sweep_dir, name, trial, items)
     finalize = functools.partial(finalize_array_sweep, sweep_dir)
     final_id = slurm.submit_after(request, sweep_dir, f"{name}-finalize", finalize, array_id)
-    record = record.with_slurm_job(request.to_dict(), array_id)
-    record.with_slurm_job(request.to_dict(), final_id).write(sweep_dir)
+    record = record.with_job(ARRAY_BACKEND, request.to_dict(), array_id)
+    record.with_job(ARRAY_BACKEND, request.to_dict(), final_id).write(sweep_dir)
     return array_id
 
 

@@ -32,18 +32,20 @@ from typing import Any
 import pandas as pd
 
 from signlock.orchestrator import ray_tune, tracking
-from signlock.orchestrator.record import SWEEP_FILE, SweepRecord
 from signlock.orchestrator.sweep_lock import driver_lock
-from signlock.orchestrator.trial_record import RUNS_DIR, trial_table
-from signlock.orchestrator.trial_runner import (
-    FaultInjection,
-    SweepContext,
-    read_summaries,
-    start_over,
-)
+from signlock.orchestrator.trial_record import trial_table
+from signlock.orchestrator.trial_runner import start_over
 from signlock.search_spaces.spec import SweepSpec
 from signlock.trainables.errors import ConfigError, SignlockError, SweepNotFoundError
 from signlock.trainables.files import check_name, write_csv
+from signlock.trainables.layout import SweepDir
+from signlock.trainables.records import (
+    FaultInjection,
+    Submission,
+    SweepContext,
+    SweepRecord,
+    read_summaries,
+)
 from signlock.trainables.schema import FLIP_OBJECTIVE, RESULT_METRICS, validation_objective
 
 DEFAULT_EXPERIMENT = "signlock"
@@ -138,10 +140,10 @@ def with_checkpoints(spec: SweepSpec, every: int | None) -> SweepSpec:
 def sweep_dir_for(name_or_path: str, storage: Path) -> Path:
     """A sweep by directory path, or by name under ``storage``."""
     candidate = Path(name_or_path).expanduser()
-    if (candidate / SWEEP_FILE).is_file():
+    if SweepDir(candidate).record.is_file():
         return candidate.resolve()
     by_name = storage / name_or_path
-    if (by_name / SWEEP_FILE).is_file():
+    if SweepDir(by_name).record.is_file():
         return by_name
     raise SweepNotFoundError(name_or_path, storage)
 
@@ -178,7 +180,7 @@ def _sweep_params(spec: SweepSpec, n_trials: int) -> dict[str, str]:
 
 def objectives(spec: SweepSpec) -> tuple[str, ...]:
     """The sweep's two objectives, both minimised: the validation metric and flip_mean."""
-    return validation_objective(spec.base.model.kind), FLIP_OBJECTIVE
+    return validation_objective(spec.base), FLIP_OBJECTIVE
 
 
 def _resources(spec: SweepSpec, options: SweepOptions) -> dict[str, float]:
@@ -206,7 +208,7 @@ def prepare_sweep(
     spec = replace(spec, name=sweep_name)  # trials are named after the sweep: NAME-0003
     check_faults(spec, options.faults)
     sweep_dir = options.storage / sweep_name
-    if (sweep_dir / SWEEP_FILE).exists():
+    if SweepDir(sweep_dir).record.exists():
         raise ConfigError(
             "--name",
             sweep_name,
@@ -244,6 +246,7 @@ def prepare_sweep(
         max_concurrent=options.max_concurrent,
         max_failures=options.max_failures,
         address=options.address,
+        submission=Submission("ray-cluster" if options.address else "local"),
     )
     record.write(sweep_dir)
     return record
@@ -279,7 +282,7 @@ def launch_sweep(
         ray_tune.check_resources(_resources(spec, options))
         record = prepare_sweep(spec, options, name=name)
         sweep_dir = Path(record.context.sweep_dir)
-        with start_log.open() as source, (sweep_dir / ray_tune.RAY_LOG).open("a") as target:
+        with start_log.open() as source, SweepDir(sweep_dir).ray_log.open("a") as target:
             shutil.copyfileobj(source, target)
     finally:
         start_log.unlink(missing_ok=True)
@@ -301,7 +304,7 @@ def run_sweep(
         restore = _restore_plan(sweep_dir, spec, restore)
         ray_tune.start(
             options.address,
-            sweep_dir / ray_tune.RAY_LOG,
+            SweepDir(sweep_dir).ray_log,
             verbose=options.verbose,
             connect_timeout=options.connect_timeout,
         )
@@ -346,7 +349,7 @@ def _restore_plan(
 def _start_over_errored(sweep_dir: Path) -> None:
     """``--restart-errored``: the user asked to drop errored trials' checkpoints."""
     for name in trials_in_state(sweep_dir, "ERROR"):
-        start_over(sweep_dir / RUNS_DIR / name)
+        start_over(SweepDir(sweep_dir).run(name).path)
 
 
 def resume_sweep(
@@ -428,12 +431,13 @@ def finalize_sweep(
         states = trial_table(sweep_dir, driven=False)
     table = trials_table(states, read_summaries(sweep_dir))
     client = tracking.MlflowClient(context.tracking_uri)
-    write_csv(table, sweep_dir / "trials.csv")
-    client.log_artifact(context.parent_run_id, str(sweep_dir / "trials.csv"))
+    files = SweepDir(sweep_dir)
+    write_csv(table, files.trials_csv)
+    client.log_artifact(context.parent_run_id, str(files.trials_csv))
     pareto = _pareto(spec, table)
     if pareto is not None:
-        write_csv(pareto, sweep_dir / "pareto.csv")
-        client.log_artifact(context.parent_run_id, str(sweep_dir / "pareto.csv"))
+        write_csv(pareto, files.pareto_csv)
+        client.log_artifact(context.parent_run_id, str(files.pareto_csv))
     counts = table["status"].value_counts() if len(table) else pd.Series(dtype=int)
     if counts.get("INTERRUPTED", 0):
         interrupted = table.loc[table["status"] == "INTERRUPTED", "name"]
@@ -471,7 +475,7 @@ def print_results(table: pd.DataFrame, sweep_dir: Path) -> None:
             f"`signlock resume {sweep_dir}`",
             file=sys.stderr,
         )
-    pareto_path = sweep_dir / "pareto.csv"
+    pareto_path = SweepDir(sweep_dir).pareto_csv
     if pareto_path.exists():
         print("\nPareto set (validation metric vs flip_mean, both minimised):")
         print(format_table(pd.read_csv(pareto_path)))

@@ -21,8 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from signlock.trainables.errors import UsageError
-
-LOCK_FILE = ".driver.lock"
+from signlock.trainables.layout import SweepDir
 
 
 class SweepLockedError(UsageError):
@@ -66,7 +65,7 @@ def _write(fd: int, text: str) -> None:
 
 def driver_holder(sweep_dir: Path) -> str | None:
     """Who drives the sweep now ("HOST pid N since T"), or None when no driver holds it."""
-    path = sweep_dir / LOCK_FILE
+    path = SweepDir(sweep_dir).driver_lock
     if not path.exists():
         return None
     fd = os.open(path, os.O_RDONLY)
@@ -89,7 +88,7 @@ def refuse_if_driven(sweep_dir: Path) -> None:
 @contextlib.contextmanager
 def driver_lock(sweep_dir: Path) -> Iterator[None]:
     """Hold the sweep for this process, or fail in one line naming the holder."""
-    fd = os.open(sweep_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(SweepDir(sweep_dir).driver_lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         if not _try_lock(fd, attempts=ATTEMPTS):
             holder = _holder_text(_read(fd))

@@ -22,11 +22,8 @@ from typing import Any
 import pandas as pd
 
 from signlock.trainables.files import UnreadableFileError, read_json, write_json
+from signlock.trainables.layout import RunDir, SweepDir
 from signlock.trainables.schema import RESULT_METRICS
-
-RUNS_DIR = "runs"
-TRIAL_STATE = "trial.json"
-SCHEDULER_STATE = "scheduler.json"
 
 # What the runner says of its last attempt.
 RUNNING, FINISHED, FAILED, INTERRUPTED = "running", "finished", "failed", "interrupted"
@@ -51,12 +48,12 @@ class TrialState:
 
     def write(self, run_dir: Path) -> TrialState:
         written = replace(self, updated_at=time.time())
-        write_json(run_dir / TRIAL_STATE, asdict(written), indent=1)
+        write_json(RunDir(run_dir).trial_state, asdict(written), indent=1)
         return written
 
     @staticmethod
     def read(run_dir: Path) -> TrialState | None:
-        return _read_record(run_dir / TRIAL_STATE, TrialState)
+        return _read_record(RunDir(run_dir).trial_state, TrialState)
 
 
 @dataclass(frozen=True)
@@ -69,11 +66,11 @@ class SchedulerState:
 
     def write(self, run_dir: Path) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / SCHEDULER_STATE, asdict(self))
+        write_json(RunDir(run_dir).scheduler_state, asdict(self))
 
     @staticmethod
     def read(run_dir: Path) -> SchedulerState | None:
-        return _read_record(run_dir / SCHEDULER_STATE, SchedulerState)
+        return _read_record(RunDir(run_dir).scheduler_state, SchedulerState)
 
 
 def _read_record(path: Path, record: type[Any]) -> Any:
@@ -126,7 +123,7 @@ def trial_table(sweep_dir: Path, *, driven: bool) -> pd.DataFrame:
     """One row per trial that has started (or that Tune has scheduled), by name: trial id,
     status (:data:`STATES`), last step, newest checkpoint step, failures, latest objectives, the
     fields the sweep varies (``config.<key>``) and the last error."""
-    runs = sweep_dir / RUNS_DIR
+    runs = SweepDir(sweep_dir).runs
     directories = sorted(path for path in runs.iterdir() if path.is_dir()) if runs.is_dir() else []
     rows = [row for path in directories if (row := _row(path, driven=driven)) is not None]
     columns = ["trial_id", "name", "status", "step", "checkpoint_step", "failures"]

@@ -30,12 +30,11 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow.dataset as pads
 import torch
 
 from signlock.orchestrator.tracking import TrialRun, finite_metrics, flatten_params
@@ -44,20 +43,21 @@ from signlock.orchestrator.trial_record import (
     FINISHED,
     INTERRUPTED,
     RUNNING,
-    RUNS_DIR,
-    TRIAL_STATE,
     TrialState,
 )
 from signlock.search_spaces.spec import SweepSpec
 from signlock.trainables.config import TrialConfig
-from signlock.trainables.errors import ConfigError, TrainingDivergedError
-from signlock.trainables.files import read_json, write_json, write_parquet, write_text
+from signlock.trainables.errors import TrainingDivergedError
+from signlock.trainables.files import read_json, write_json, write_text
+from signlock.trainables.layout import FLIPS, SUMMARIES, TENSOR_METRICS, RunDir, SweepDir
+from signlock.trainables.records import (
+    FaultInjection,
+    SweepContext,
+    attempts_of,
+    write_partition,
+)
 from signlock.trainables.schema import FLIP_OBJECTIVE, VALIDATION_METRICS
-from signlock.trainables.trainer import CHECKPOINT_NAME, Restored, Trial, checkpoint_files
-
-DIVERGED_MARKER = "diverged.json"
-ATTEMPTS_LOG = "attempts.jsonl"
-FAULT_KINDS = ("raise", "nan")
+from signlock.trainables.trainer import Restored, Trial, checkpoint_files
 
 # report(metrics) is called at every log step while the trial runs.
 Report = Callable[[dict[str, float]], None]
@@ -65,49 +65,6 @@ Report = Callable[[dict[str, float]], None]
 
 class InjectedFault(RuntimeError):
     """Raised by ``--inject-fault NAME:STEP:raise`` to exercise retries."""
-
-
-@dataclass(frozen=True)
-class FaultInjection:
-    """Make trial ``trial_name`` fail once at ``step``: ``raise`` an exception (a crashed worker)
-    or poison its weights with NaN (a diverging run, caught by the trial's own check)."""
-
-    trial_name: str
-    step: int
-    kind: str = "raise"
-
-    @staticmethod
-    def parse(text: str) -> FaultInjection:
-        """``NAME:STEP[:raise|nan]`` (NAME may itself contain colons)."""
-        parts = text.split(":")
-        kind = parts.pop() if len(parts) >= 3 and parts[-1] in FAULT_KINDS else "raise"
-        step = parts.pop() if len(parts) >= 2 else ""
-        name = ":".join(parts)
-        if not name or not step.isdigit():
-            raise ConfigError("--inject-fault", text, "TRIAL_NAME:STEP[:raise|nan]")
-        return FaultInjection(name, int(step), kind)
-
-
-@dataclass(frozen=True)
-class SweepContext:
-    """What every trial of a sweep needs besides its own overrides (JSON-able, no pickles)."""
-
-    sweep_name: str
-    sweep_dir: str
-    spec: dict[str, Any]
-    tracking_uri: str
-    experiment_id: str
-    parent_run_id: str
-    unique_names: bool = True
-    faults: tuple[FaultInjection, ...] = field(default_factory=tuple)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @staticmethod
-    def from_dict(data: dict[str, Any]) -> SweepContext:
-        faults = tuple(FaultInjection(**f) for f in data.get("faults", ()))
-        return SweepContext(**{**data, "faults": faults})
 
 
 @functools.cache
@@ -138,20 +95,15 @@ def varied_fields(context: SweepContext, cfg: TrialConfig) -> dict[str, Any]:
     }
 
 
-def attempts_of(run_dir: Path) -> list[dict[str, Any]]:
-    """The trial's starts so far (``attempts.jsonl``), oldest first."""
-    log = run_dir / ATTEMPTS_LOG
-    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-
-
 def start_over(run_dir: Path) -> None:
     """Make the next start of this trial begin at step 0 (``--restart-errored``): drop its
     checkpoints, its divergence marker and its record (its outputs are rewritten as it runs)."""
-    for checkpoint in checkpoint_files(run_dir / "checkpoints" / CHECKPOINT_NAME):
+    files = RunDir(run_dir)
+    for checkpoint in checkpoint_files(files.checkpoint):
         checkpoint.unlink(missing_ok=True)
         checkpoint.with_suffix(".json").unlink(missing_ok=True)
-    (run_dir / DIVERGED_MARKER).unlink(missing_ok=True)
-    (run_dir / TRIAL_STATE).unlink(missing_ok=True)
+    files.diverged_marker.unlink(missing_ok=True)
+    files.trial_state.unlink(missing_ok=True)
 
 
 def _record_attempt(run_dir: Path, trial_id: str, restored: Restored | None) -> float:
@@ -168,24 +120,8 @@ def _record_attempt(run_dir: Path, trial_id: str, restored: Restored | None) -> 
         entry["resumed_from"] = restored.path.name
         entry["skipped"] = list(restored.skipped)
     lines = [json.dumps(attempt) for attempt in [*attempts, entry]]
-    write_text(run_dir / ATTEMPTS_LOG, "\n".join(lines) + "\n")
+    write_text(RunDir(run_dir).attempts, "\n".join(lines) + "\n")
     return started
-
-
-def write_partition(sweep_dir: Path, dataset: str, trial: str, table: pd.DataFrame) -> None:
-    """Hive-partitioned ``<dataset>/trial=<name>/part-0.parquet``, replaced atomically."""
-    write_parquet(table, sweep_dir / dataset / f"trial={trial}" / "part-0.parquet")
-
-
-def read_summaries(sweep_dir: Path) -> pd.DataFrame:
-    """The sweep's ``summaries/`` dataset, one row per finished trial, indexed by trial name."""
-    directory = sweep_dir / "summaries"
-    if not directory.is_dir():
-        return pd.DataFrame(index=pd.Index([], name="trial"))
-    table = pads.dataset(directory, format="parquet", partitioning="hive").to_table()
-    frame = table.to_pandas()
-    frame["trial"] = frame["trial"].astype(str)
-    return frame.set_index("trial")
 
 
 def _inject(fault: FaultInjection, trial: Trial, run_dir: Path) -> None:
@@ -209,7 +145,7 @@ def running_objectives(rows: list[dict[str, float]]) -> dict[str, float]:
 
 def _check_diverged(run_dir: Path) -> None:
     """A run that diverged diverges again from the same checkpoint: fail fast on retries."""
-    marker = run_dir / DIVERGED_MARKER
+    marker = RunDir(run_dir).diverged_marker
     if marker.exists():
         raise TrainingDivergedError(read_json(marker)["reason"])
 
@@ -220,7 +156,7 @@ def run_sweep_trial(
     """Run (or continue) one trial of the sweep; its final metrics for the scheduler."""
     cfg = resolve_trial_config(context, config)
     sweep_dir = Path(context.sweep_dir)
-    run_dir = sweep_dir / RUNS_DIR / cfg.name
+    run_dir = SweepDir(sweep_dir).run(cfg.name).path
     run_dir.mkdir(parents=True, exist_ok=True)
     finished = _finished_result(run_dir, sweep_dir, cfg)
     if finished is not None:  # a rebuilt sweep (its Tune state was lost) meets a done trial
@@ -239,7 +175,7 @@ def run_sweep_trial(
     try:
         summary, started = _train(cfg, context, run_dir, mlflow_run, state, report)
     except TrainingDivergedError as error:
-        write_json(run_dir / DIVERGED_MARKER, {"reason": str(error)})
+        write_json(RunDir(run_dir).diverged_marker, {"reason": str(error)})
         _ended(run_dir, state, FAILED, f"TrainingDivergedError: {error}")
         mlflow_run.fail(f"TrainingDivergedError: {error}", run_dir)
         raise
@@ -274,7 +210,8 @@ def _train(
     restored = trial.restore()
     started = _record_attempt(run_dir, state.trial_id, restored)
     if restored is not None and restored.skipped:
-        mlflow_run.resumed_from(f"checkpoints/{restored.path.name}", restored.skipped)
+        checkpoint = restored.path.relative_to(run_dir).as_posix()
+        mlflow_run.resumed_from(checkpoint, restored.skipped)
     from_step = restored.step if restored is not None else 0
     current = replace(state, step=from_step, checkpoint_step=from_step if restored else -1)
     current = current.write(run_dir)
@@ -310,13 +247,13 @@ def _finished_result(run_dir: Path, sweep_dir: Path, cfg: TrialConfig) -> dict[s
     """The result of a trial that already finished (its record, summary and final checkpoint
     agree), writing its sweep tables if they were lost; None when it has to run."""
     state = TrialState.read(run_dir)
-    summary_path = run_dir / "summary.json"
+    summary_path = RunDir(run_dir).summary
     if state is None or state.state != FINISHED or not summary_path.is_file():
         return None
     summary = read_json(summary_path)
     if summary.get("steps") != cfg.steps:
         return None
-    if not (sweep_dir / "summaries" / f"trial={cfg.name}").is_dir():
+    if not SweepDir(sweep_dir).partition(SUMMARIES, cfg.name).is_file():
         _write_sweep_tables(sweep_dir, cfg, summary, run_dir)
     return _result(summary)
 
@@ -324,9 +261,9 @@ def _finished_result(run_dir: Path, sweep_dir: Path, cfg: TrialConfig) -> dict[s
 def _write_sweep_tables(
     sweep_dir: Path, cfg: TrialConfig, summary: dict[str, Any], run_dir: Path
 ) -> None:
-    for dataset in ("flips", "tensor_metrics"):
-        path = run_dir / f"{dataset}.parquet"
+    files = RunDir(run_dir)
+    for dataset, path in ((FLIPS, files.flips), (TENSOR_METRICS, files.tensor_metrics)):
         if path.is_file():
             write_partition(sweep_dir, dataset, cfg.name, pd.read_parquet(path))
     row = {**flatten_params(cfg.to_dict()), **finite_metrics(summary), "run_dir": str(run_dir)}
-    write_partition(sweep_dir, "summaries", cfg.name, pd.DataFrame([row]))
+    write_partition(sweep_dir, SUMMARIES, cfg.name, pd.DataFrame([row]))

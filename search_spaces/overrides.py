@@ -14,9 +14,9 @@ from typing import Any
 import yaml
 
 from signlock.search_spaces.axes import check_key, coerce_override, number_or_raw
-from signlock.search_spaces.spec import (
+from signlock.search_spaces.spec import SweepSpec
+from signlock.search_spaces.spec_parsing import (
     RESOURCE_FIELDS,
-    SweepSpec,
     parse_axes,
     parse_points,
     parse_seeds,

@@ -48,6 +48,8 @@ Semantics.
   named trial preset (then ``set``, then the point's other overrides) instead of ``base``, e.g.
   ``preset: {grid: [scale-31m, scale-1.2b]}`` crosses whole Table-1 configurations (C.5). Only
   :meth:`SweepSpec.trial_config` understands it (``base.with_overrides`` does not).
+* Every trial is of the base's trial family (``model.kind``): a sweep minimises one validation
+  objective over one unit of data, so a ``preset`` point of another family is refused.
 * PyYAML reads ``1e-4`` (no dot) as a string; numeric strings are accepted wherever a float
   field or an axis bound is expected.
 """
@@ -68,33 +70,16 @@ from signlock.search_spaces.axes import (
     Axis,
     check_axis,
     check_key,
-    coerce_override,
     is_int,
     is_number,
-    naming_axis,
-    number_or_raw,
     plain,
 )
 from signlock.search_spaces.presets import TRIAL_PRESETS, trial_preset
 from signlock.trainables.config import TrialConfig
 from signlock.trainables.errors import ConfigError
+from signlock.trainables.families import family_of
 
 SEARCH_KINDS = ("grid", "optuna")
-SPEC_FIELDS = (
-    "name",
-    "description",
-    "base",
-    "base_preset",
-    "set",
-    "axes",
-    "seeds",
-    "num_samples",
-    "points",
-    "search",
-    "budget",
-    "resources",
-)
-RESOURCE_FIELDS = ("cpus_per_trial", "gpus_per_trial")
 MAX_VALIDATED_CORNERS = 4096  # above this many random-axis corners, vary one axis at a time
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -120,13 +105,16 @@ class SweepSpec:
     base_overrides: dict[str, Any] = field(default_factory=dict)  # the YAML `set`
 
     def __post_init__(self) -> None:
-        for name in ("axes", "seeds", "points"):
-            value = getattr(self, name)
-            if isinstance(value, list):
-                object.__setattr__(self, name, tuple(value))
-        if not isinstance(self.points, tuple):
-            raise ConfigError("spec.points", self.points, "a list of mappings of dotted overrides")
-        object.__setattr__(self, "points", tuple(_copy_point(p) for p in self.points))
+        for name, allowed in (
+            ("axes", "a tuple of Axis"),
+            ("seeds", "a tuple of integers >= 0"),
+            ("points", "a tuple of mappings of dotted overrides"),
+        ):
+            if not isinstance(getattr(self, name), tuple):
+                raise ConfigError(f"spec.{name}", getattr(self, name), allowed)
+        for point in self.points:
+            if not isinstance(point, dict):
+                raise ConfigError("spec.points", point, "a tuple of mappings of dotted overrides")
         self._check_fields()
         self._check_search()
         self._check_trials()
@@ -244,13 +232,18 @@ class SweepSpec:
             )
 
     def _check_trials(self) -> None:
-        """Build the TrialConfig of every grid point and point at every random-axis corner."""
+        """Build the TrialConfig of every grid point and point at every random-axis corner; all
+        of one trial family (a sweep minimises one validation objective)."""
         seed = self.seeds[0]
+        family = family_of(self.base)
         for overrides in self._override_sets():
             for corner in self._random_corners():
                 point = {**self.merge(overrides, corner), "seed": seed}
                 try:
-                    self.trial_config(point)
+                    kind = self.trial_config(point).model.kind
+                    if kind != family.name:
+                        allowed = f"{family.name!r}, the trial family of the sweep's base"
+                        raise ConfigError("model.kind", kind, allowed)
                 except ConfigError as error:
                     shown = {k: v for k, v in point.items() if k != "seed"}
                     raise ConfigError(
@@ -381,124 +374,10 @@ class SweepSpec:
 
     @classmethod
     def from_dict(cls, data: object) -> SweepSpec:
-        """Parse and validate the YAML user form (module docstring)."""
-        if not isinstance(data, dict):
-            raise ConfigError("spec", data, "a mapping of sweep fields")
-        for key, value in data.items():
-            if key not in SPEC_FIELDS:
-                raise ConfigError(
-                    f"spec.{key}", value, "unknown field; allowed: " + ", ".join(SPEC_FIELDS)
-                )
-        if "name" not in data:
-            raise ConfigError("spec.name", None, "a sweep name")
-        base_overrides = _parse_set(data.get("set"))
-        base, base_preset = _parse_base(data, base_overrides)
-        cpus, gpus = _parse_resources(data.get("resources"))
-        return cls(
-            name=data["name"],
-            description=data.get("description") or "",
-            base=base,
-            base_preset=base_preset,
-            base_overrides=base_overrides,
-            axes=parse_axes(data.get("axes")),
-            seeds=parse_seeds(data.get("seeds", [0])),
-            num_samples=data.get("num_samples", 1),
-            points=parse_points(data.get("points")),
-            search=data.get("search", "grid"),
-            budget=data.get("budget"),
-            cpus_per_trial=cpus,
-            gpus_per_trial=gpus,
-        )
+        """Parse and validate the YAML user form (module docstring; :mod:`.spec_parsing`)."""
+        from signlock.search_spaces.spec_parsing import parse_spec
+
+        return parse_spec(data)
 
 
-def _copy_point(point: object) -> dict[str, Any]:
-    if not isinstance(point, dict):
-        raise ConfigError("spec.points", point, "a list of mappings of dotted overrides")
-    return dict(point)
-
-
-def _parse_list(value: object, where: str, allowed: str) -> tuple[Any, ...]:
-    if not isinstance(value, list | tuple):
-        raise ConfigError(where, value, allowed)
-    return tuple(value)
-
-
-def parse_seeds(raw: object) -> tuple[Any, ...]:
-    return _parse_list(raw, "spec.seeds", "a list of integers >= 0")
-
-
-def _parse_set(raw: object) -> dict[str, Any]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError("spec.set", raw, "a mapping of dotted overrides, e.g. {steps: 500}")
-    return {check_key(k, "spec.set"): coerce_override(k, v) for k, v in raw.items()}
-
-
-def _parse_base(data: dict[str, Any], overrides: dict[str, Any]) -> tuple[TrialConfig, str | None]:
-    raw = data.get("base")
-    base_preset = data.get("base_preset")
-    if isinstance(raw, str):
-        if raw not in TRIAL_PRESETS:
-            raise ConfigError("spec.base", raw, "one of " + ", ".join(TRIAL_PRESETS))
-        if base_preset is not None and base_preset != raw:
-            raise ConfigError("spec.base_preset", base_preset, f"null or {raw!r} (spec.base)")
-        return trial_preset(raw).with_overrides(overrides), raw
-    if isinstance(raw, dict):
-        if base_preset is not None and base_preset not in TRIAL_PRESETS:
-            raise ConfigError(
-                "spec.base_preset", base_preset, "null or one of " + ", ".join(TRIAL_PRESETS)
-            )
-        return TrialConfig.from_dict(raw).with_overrides(overrides), base_preset
-    raise ConfigError(
-        "spec.base", raw, "a trial preset name (`signlock presets`) or a mapping of trial fields"
-    )
-
-
-def parse_axes(raw: object) -> tuple[Axis, ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, dict):
-        raise ConfigError("spec.axes", raw, "a mapping: dotted field -> {KIND: ...}")
-    axes = []
-    for i, (key, body) in enumerate(raw.items()):
-        where = f"spec.axes[{i}]"
-        check_key(key, f"{where}.key")
-        try:
-            axes.append(Axis.from_dict(key, body, where))
-        except ConfigError as error:
-            raise naming_axis(error, key) from None
-    return tuple(axes)
-
-
-def parse_points(raw: object) -> tuple[dict[str, Any], ...]:
-    if raw is None:
-        return ()
-    points = _parse_list(raw, "spec.points", "a list of mappings of dotted overrides")
-    parsed = []
-    for j, point in enumerate(points):
-        if not isinstance(point, dict):
-            raise ConfigError(f"spec.points[{j}]", point, "a mapping of dotted overrides")
-        parsed.append(
-            {check_key(k, f"spec.points[{j}]"): coerce_override(k, v) for k, v in point.items()}
-        )
-    return tuple(parsed)
-
-
-def _parse_resources(raw: object) -> tuple[Any, Any]:
-    if raw is None:
-        return 1.0, 0.0
-    if not isinstance(raw, dict):
-        raise ConfigError("spec.resources", raw, "a mapping {cpus_per_trial, gpus_per_trial}")
-    for key in raw:
-        if key not in RESOURCE_FIELDS:
-            raise ConfigError(
-                f"spec.resources.{key}", raw[key], "unknown; allowed: " + ", ".join(RESOURCE_FIELDS)
-            )
-    return (
-        number_or_raw(raw.get("cpus_per_trial", 1.0)),
-        number_or_raw(raw.get("gpus_per_trial", 0.0)),
-    )
-
-
-__all__ = ["AXIS_KINDS", "SEARCH_KINDS", "SPEC_FIELDS", "Axis", "SweepSpec"]
+__all__ = ["AXIS_KINDS", "SEARCH_KINDS", "Axis", "SweepSpec"]

@@ -47,6 +47,7 @@ from signlock.trainables.files import (
     write_text,
 )
 from signlock.trainables.interventions import Interventions, resolve_targets
+from signlock.trainables.layout import PREVIOUS_CHECKPOINT_NAME, RunDir
 from signlock.trainables.models import build_model
 from signlock.trainables.schedules import LRMultiplier
 from signlock.trainables.schema import (
@@ -58,8 +59,6 @@ from signlock.trainables.schema import (
 from signlock.trainables.tasks import make_task
 from signlock.trainables.tracker import SignTracker
 
-CHECKPOINT_NAME = "latest.pt"
-PREVIOUS_CHECKPOINT_NAME = "previous.pt"
 DATA_SEED_OFFSET = 1
 
 Reporter = Callable[[dict[str, float], Path | None], None]
@@ -181,7 +180,7 @@ class Trial:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.run_dir / "checkpoints" / CHECKPOINT_NAME
+        return RunDir(self.run_dir).checkpoint
 
     # ---- the loop -------------------------------------------------------------------------
 
@@ -220,7 +219,7 @@ class Trial:
         self.save_checkpoint(self.checkpoint_path)
         self._write_tables()
         summary = self._summary()
-        write_json(self.run_dir / "summary.json", summary, indent=2, sort_keys=True)
+        write_json(RunDir(self.run_dir).summary, summary, indent=2, sort_keys=True)
         return summary
 
     def train_step(self) -> None:
@@ -394,18 +393,19 @@ class Trial:
     # ---- outputs --------------------------------------------------------------------------
 
     def _write_config(self) -> None:
-        write_text(self.run_dir / "config.json", self.cfg.to_json())
+        write_text(RunDir(self.run_dir).config, self.cfg.to_json())
 
     def _write_tables(self) -> None:
         metrics = pd.DataFrame(self.rows, columns=list(METRIC_COLUMNS))
         metrics["step"] = metrics["step"].astype("int64")
-        write_parquet(metrics, self.run_dir / "metrics.parquet")
+        files = RunDir(self.run_dir)
+        write_parquet(metrics, files.metrics)
         if self.tracker is not None:
-            write_parquet(self.tracker.k_histogram(), self.run_dir / "flips.parquet")
-            write_parquet(self.tracker.per_tensor_stats(), self.run_dir / "tensor_stats.parquet")
+            write_parquet(self.tracker.k_histogram(), files.flips)
+            write_parquet(self.tracker.per_tensor_stats(), files.tensor_stats)
             tensor_metrics = pd.DataFrame(self.tensor_rows, columns=list(TENSOR_METRIC_COLUMNS))
             tensor_metrics = tensor_metrics.astype({"step": "int64", "n_tracked": "int64"})
-            write_parquet(tensor_metrics, self.run_dir / "tensor_metrics.parquet")
+            write_parquet(tensor_metrics, files.tensor_metrics)
 
     def _summary(self) -> dict[str, Any]:
         """Every ``schema.SUMMARY_FIELDS`` key; ``None`` (JSON null) where not measured."""
@@ -460,4 +460,4 @@ def checkpoint_step(path: Path) -> int:
 
 def load_run_config(run_dir: str | Path) -> TrialConfig:
     """The TrialConfig a run directory was made with."""
-    return TrialConfig.from_file(Path(run_dir) / "config.json")
+    return TrialConfig.from_file(RunDir(Path(run_dir)).config)

@@ -11,10 +11,9 @@ import pytest
 
 from signlock.analysis.figures import PAPER_FIGURE, pareto_figure
 from signlock.analysis.sweep_data import Sweep
-from signlock.orchestrator.record import SweepRecord
-from signlock.orchestrator.trial_runner import SweepContext
 from signlock.search_spaces.axes import Axis
 from signlock.search_spaces.sweeps import SWEEP_PRESETS
+from signlock.trainables.records import SweepContext, SweepRecord
 
 
 def planned_sweep(preset: str) -> Sweep:

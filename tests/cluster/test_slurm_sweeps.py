@@ -12,8 +12,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from signlock.cluster import slurm
-from signlock.orchestrator.record import SweepRecord
 from signlock.orchestrator.submit import cancel_sweep
+from signlock.trainables.records import SweepRecord
 from tests.orchestrator.test_sweep import (
     check_sweep_outputs,
     checkpoint_steps,
@@ -73,7 +73,7 @@ def test_smoke_sweep_on_slurm_logs_one_parent_and_one_child_per_trial(
     sweep_dir = sweep_root / "enhancement-smoke"
     trials = pd.read_csv(sweep_dir / "trials.csv")
     assert len(trials) == 3 and (trials["status"] == "TERMINATED").all()
-    assert SweepRecord.read(sweep_dir).slurm_jobs == (job_id,)
+    assert SweepRecord.read(sweep_dir).jobs == (job_id,)
 
     status = cli("status", "enhancement-smoke", "--storage", str(sweep_root))
     assert status.returncode == 0, status.stderr
@@ -104,7 +104,7 @@ def test_a_cancelled_slurm_sweep_resumes_to_the_histograms_of_an_uninterrupted_o
     resumed = cli("resume", "cancelled", "--storage", str(sweep_root), "--backend", "slurm",
                   "--wait")  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert len(SweepRecord.read(sweep_dir).slurm_jobs) == 2  # the first job's request reused
+    assert len(SweepRecord.read(sweep_dir).jobs) == 2  # the first job's request reused
     check_sweep_outputs(tracking_uri, sweep_root, "cancelled", 4)  # no duplicate runs
 
     reference = cli("sweep", str(spec), "--name", "reference", "--quiet", *common)

@@ -10,8 +10,9 @@ from mlflow.tracking import MlflowClient
 
 from signlock.orchestrator import tracking
 from signlock.orchestrator.query import apply_filter, parse_filter, write_runs
-from signlock.orchestrator.trial_runner import FaultInjection, running_objectives
+from signlock.orchestrator.trial_runner import running_objectives
 from signlock.trainables.errors import ConfigError
+from signlock.trainables.records import FaultInjection
 
 RUNS = pd.DataFrame(
     {

@@ -8,16 +8,11 @@ import math
 import pandas as pd
 import pytest
 
-from signlock.orchestrator.record import SWEEP_FILE, SweepRecord
 from signlock.orchestrator.sweep import trials_table
-from signlock.orchestrator.trial_runner import (
-    DIVERGED_MARKER,
-    FaultInjection,
-    SweepContext,
-    _record_attempt,
-    start_over,
-)
+from signlock.orchestrator.trial_runner import _record_attempt, start_over
 from signlock.trainables.errors import ConfigError
+from signlock.trainables.layout import RunDir
+from signlock.trainables.records import SWEEP_FILE, FaultInjection, SweepContext, SweepRecord
 from signlock.trainables.trainer import Restored
 
 
@@ -76,7 +71,7 @@ def write_checkpoint(run_dir):
     for name in ("latest", "previous"):
         (checkpoints / f"{name}.pt").write_bytes(b"weights")
         (checkpoints / f"{name}.json").write_text('{"step": 40}')
-    (run_dir / DIVERGED_MARKER).write_text('{"reason": "nan"}')
+    RunDir(run_dir).diverged_marker.write_text('{"reason": "nan"}')
     (run_dir / "trial.json").write_text("{}")
 
 
@@ -84,7 +79,7 @@ def test_start_over_drops_both_checkpoints_the_divergence_marker_and_the_record(
     write_checkpoint(tmp_path)
     start_over(tmp_path)  # only the driver calls it, for --restart-errored
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == []
-    assert not (tmp_path / DIVERGED_MARKER).exists() and not (tmp_path / "trial.json").exists()
+    assert not RunDir(tmp_path).diverged_marker.exists() and not (tmp_path / "trial.json").exists()
 
 
 def test_attempts_record_the_scheduler_id_and_an_older_checkpoint_resumed_from(tmp_path):

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from signlock.orchestrator.cli import preset_summary
+from signlock.orchestrator.commands.presets import preset_summary
 from signlock.search_spaces.presets import TRIAL_PRESETS
 from signlock.search_spaces.sweeps import SWEEP_PRESETS
 from tests.orchestrator.test_cli import SIGNLOCK, run_cli
