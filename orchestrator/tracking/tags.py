@@ -10,7 +10,6 @@ TAG_ERROR = "signlock.error"
 TAG_RESUMED_FROM = "signlock.resumed_from"  # set when an unreadable newest checkpoint was skipped
 TAG_GIT_COMMIT = "signlock.git_commit"
 TAG_PARENT = "mlflow.parentRunId"
-TAG_RUN_NAME = "mlflow.runName"
 # MLflow 3's UI opens an experiment by its kind; signlock's are model-training experiments.
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
