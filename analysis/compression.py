@@ -52,7 +52,13 @@ from signlock.analysis.outputs import Outputs
 from signlock.trainables.errors import ConfigError
 from signlock.trainables.files import atomic_path, load_torch_file, write_parquet
 from signlock.trainables.layout import RunDir, SweepDir
-from signlock.trainables.schema import compression_metric, validation_objective
+from signlock.trainables.schema import (
+    VAL_ACCURACY,
+    VAL_ERROR,
+    VAL_PPL,
+    compression_metric,
+    validation_objective,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -258,8 +264,8 @@ def compress_all(
 
 def evaluate(trial: Trial, metric_name: str) -> float:
     metrics = trial.task.evaluate(trial.model)
-    if metric_name == "val_accuracy":
-        return 1.0 - metrics["val_error"]
+    if metric_name == VAL_ACCURACY:
+        return 1.0 - metrics[VAL_ERROR]
     return metrics[metric_name]
 
 
@@ -436,7 +442,7 @@ def _draw_point(axis: Axes, rows: pd.DataFrame, metric_name: str) -> None:
     baseline = rows[rows.method == UNCOMPRESSED].metric
     if not baseline.empty:
         axis.axhline(baseline.mean(), color="grey", linestyle=":", label="uncompressed")
-    if metric_name == "val_ppl":
+    if metric_name == VAL_PPL:
         axis.set_yscale("log")
         axis.yaxis.set_major_formatter(PlainLogFormatter(labelOnlyBase=False))
         axis.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))

@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import types
 import typing
+from dataclasses import MISSING
 from typing import Any
 
 from signlock.trainables.errors import ConfigError
@@ -52,8 +53,8 @@ def request_from_args(args: argparse.Namespace, request_type: type, backend: str
     """The request the flags describe; a required field missing is one line naming its flag."""
     given = given_request_fields(args, request_type)
     for field in dataclasses.fields(request_type):
-        required = field.default is dataclasses.MISSING
-        if required and field.default_factory is dataclasses.MISSING and field.name not in given:
+        has_default = (field.default, field.default_factory) != (MISSING, MISSING)
+        if not has_default and field.name not in given:
             raise ConfigError(flag_name(field), None, f"a value with --backend {backend}")
     return request_type(**given)
 

@@ -260,7 +260,7 @@ def create_probe_run(
     *,
     experiment: str = PROBE_EXPERIMENT,
     parent: tuple[str, str] | None = None,
-    storage: Path = Path("signlock-runs") / "sweeps",
+    storage: Path,
 ) -> str:
     """A probe's run (RUNNING until :func:`finish_run`) in ``experiment`` of ``tracking_uri``
     (created with the sweeps' artifact root, :func:`default_artifact_root` of ``storage``), or
