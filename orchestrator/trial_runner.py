@@ -28,6 +28,7 @@ import functools
 import hashlib
 import json
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -131,6 +132,8 @@ def _inject(fault: FaultInjection, trial: Trial, run_dir: Path) -> None:
     marker.touch()
     if fault.kind == "raise":
         raise InjectedFault(f"injected fault in trial {fault.trial_name} at step {fault.step}")
+    if fault.kind == "hang":
+        threading.Event().wait()  # nothing sets it: the trial waits until its process is killed
     with torch.no_grad():
         next(trial.model.parameters()).fill_(float("nan"))
 

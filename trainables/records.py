@@ -22,14 +22,15 @@ from signlock.trainables.errors import ConfigError
 from signlock.trainables.files import write_json, write_parquet
 from signlock.trainables.layout import SUMMARIES, RunDir, SweepDir
 
-FAULT_KINDS = ("raise", "nan")
+FAULT_KINDS = ("raise", "nan", "hang")
 SWEEP_FILE = SweepDir(Path()).record.name
 
 
 @dataclass(frozen=True)
 class FaultInjection:
-    """Make trial ``trial_name`` fail once at ``step``: ``raise`` an exception (a crashed worker)
-    or poison its weights with NaN (a diverging run, caught by the trial's own check)."""
+    """Make trial ``trial_name`` fail once at ``step``: ``raise`` an exception (a crashed worker),
+    poison its weights with NaN (a diverging run, caught by the trial's own check) or ``hang``
+    (a stuck worker: no more progress until something kills it)."""
 
     trial_name: str
     step: int
@@ -37,13 +38,13 @@ class FaultInjection:
 
     @staticmethod
     def parse(text: str) -> FaultInjection:
-        """``NAME:STEP[:raise|nan]`` (NAME may itself contain colons)."""
+        """``NAME:STEP[:raise|nan|hang]`` (NAME may itself contain colons)."""
         parts = text.split(":")
         kind = parts.pop() if len(parts) >= 3 and parts[-1] in FAULT_KINDS else "raise"
         step = parts.pop() if len(parts) >= 2 else ""
         name = ":".join(parts)
         if not name or not step.isdigit():
-            raise ConfigError("--inject-fault", text, "TRIAL_NAME:STEP[:raise|nan]")
+            raise ConfigError("--inject-fault", text, "TRIAL_NAME:STEP[:raise|nan|hang]")
         return FaultInjection(name, int(step), kind)
 
 

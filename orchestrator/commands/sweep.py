@@ -38,8 +38,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--inject-fault",
         action="append",
         default=[],
-        metavar="NAME:STEP[:raise|nan]",
-        help="make trial NAME crash (raise) or diverge (nan) once at STEP, to test recovery",
+        metavar="NAME:STEP[:raise|nan|hang]",
+        help="make trial NAME crash (raise), diverge (nan) or hang once at STEP, to test recovery",
     )
     add_tracking_args(sweep)
     add_sweep_runtime_args(sweep)

@@ -56,7 +56,9 @@ def test_one_driver_per_sweep_a_dead_drivers_lock_taken_over_lost_tune_state_and
 ):
     spec_path = write_spec(tiny_spec(set={**tiny_spec()["set"], "steps": 160}))
     sweep_dir = sweep_root / "locked"
-    args = sweep_args(spec_path, "locked", sweep_root, tracking_uri, "--max-concurrent", "2")
+    midway = "locked-0000"  # hangs once after its step-100 checkpoint: surely midway when killed
+    args = sweep_args(spec_path, "locked", sweep_root, tracking_uri, "--max-concurrent", "2",
+                      "--inject-fault", f"{midway}:100:hang")  # fmt: skip
     driver = subprocess.Popen([*signlock_command, *args], cwd=tmp_path, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     wait_until(lambda: len([s for s in checkpoint_steps(sweep_dir).values() if s >= 40]) >= 1,
@@ -79,18 +81,14 @@ def test_one_driver_per_sweep_a_dead_drivers_lock_taken_over_lost_tune_state_and
     environ = Path(f"/proc/{gcs[0]}/environ").read_bytes().split(b"\0")
     assert b"RAY_AUTH_MODE=token" in environ
 
-    wait_until(lambda: len(finished_trials(sweep_dir)) >= 1 and any(
-        40 <= s < 160 for s in checkpoint_steps(sweep_dir).values()), driver)  # fmt: skip
+    wait_until(lambda: len(finished_trials(sweep_dir)) >= 1
+               and checkpoint_steps(sweep_dir).get(midway) == 100, driver)  # fmt: skip
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the trials it runs, at once
     driver.wait()
     wait_for_ray_to_exit()
 
     # The newest checkpoint of a trial stopped midway is truncated: it resumes from the one
     # before it, and says so.
-    midway = next(
-        name for name, step in checkpoint_steps(sweep_dir).items()
-        if 40 <= step < 160 and name not in finished_trials(sweep_dir)
-    )  # fmt: skip
     run_dir = sweep_dir / "runs" / midway
     previous = json.loads((run_dir / "checkpoints" / "previous.json").read_text())["step"]
     latest = run_dir / "checkpoints" / "latest.pt"

@@ -141,6 +141,7 @@ def test_running_objectives_are_the_latest_eval_and_the_trackers_flip_mean():
         ("tiny-0001:30", FaultInjection("tiny-0001", 30, "raise")),
         ("tiny-0001:30:nan", FaultInjection("tiny-0001", 30, "nan")),
         ("a:b:7:raise", FaultInjection("a:b", 7, "raise")),
+        ("tiny-0002:60:hang", FaultInjection("tiny-0002", 60, "hang")),
     ],
 )
 def test_fault_injection_parsing(text, expected):

@@ -210,7 +210,11 @@ def test_sigkill_driver_then_resume_finishes_every_trial_exactly_once(
     spec_dict = tiny_spec(set={**tiny_spec()["set"], "steps": 160})
     spec = write_spec(spec_dict)
     sweep_dir = sweep_root / "killed"
-    args = sweep_args(spec, "killed", sweep_root, tracking_uri, "--max-concurrent", "2")
+    # One trial hangs once, after its step-60 checkpoint, so it is surely midway when the driver
+    # dies; the others run on through the second slot.
+    midway = "killed-0000"
+    args = sweep_args(spec, "killed", sweep_root, tracking_uri, "--max-concurrent", "2",
+                      "--inject-fault", f"{midway}:60:hang")  # fmt: skip
     driver = subprocess.Popen(
         [*signlock_command, *args],
         cwd=tmp_path,
@@ -220,8 +224,7 @@ def test_sigkill_driver_then_resume_finishes_every_trial_exactly_once(
 
     def one_done_one_midway() -> bool:
         done = finished_trials(sweep_dir)
-        midway = [t for t, s in checkpoint_steps(sweep_dir).items() if t not in done and s >= 40]
-        return len(done) >= 1 and len(midway) >= 1
+        return len(done) >= 1 and checkpoint_steps(sweep_dir).get(midway) == 60
 
     wait_until(one_done_one_midway, driver)
     driver.send_signal(signal.SIGKILL)
@@ -247,6 +250,8 @@ def test_sigkill_driver_then_resume_finishes_every_trial_exactly_once(
         for line in path.read_text().splitlines()[1:]
     ]
     assert any(step >= 40 for step in resumed_from), "no trial resumed from a checkpoint"
+    assert json.loads((sweep_dir / "runs" / midway / "attempts.jsonl").read_text()
+                      .splitlines()[-1])["from_step"] == 60  # fmt: skip
     children = check_sweep_outputs(tracking_uri, sweep_root, "killed", 4)
     assert len({c.data.tags["signlock.trial"] for c in children}) == 4
 
