@@ -134,13 +134,13 @@ class Run:
     history: list[list[list[float]]]  # [tensor][t] -> stored flat values
 
 
-def start_run(shapes, dtypes, trajectories, **kwargs) -> Run:
+def start_run(shapes, dtypes, trajectories, tracker=SignTracker, **kwargs) -> Run:
     tensors = [
         torch.nn.Parameter(torch.zeros(s, dtype=d)) for s, d in zip(shapes, dtypes, strict=True)
     ]
     write(tensors, trajectories, 0)
     named = [(f"t{i}", p) for i, p in enumerate(tensors)]
-    return Run(SignTracker(named, **kwargs), tensors, [[stored(p)] for p in tensors])
+    return Run(tracker(named, **kwargs), tensors, [[stored(p)] for p in tensors])
 
 
 def advance(run: Run, trajectories: list[np.ndarray], t: int) -> None:
