@@ -14,7 +14,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from signlock.trainables._lean_kernel import (
@@ -32,7 +31,6 @@ from signlock.trainables._lean_kernel import (
 )
 from signlock.trainables.errors import ConfigError
 from signlock.trainables.tracker import (
-    POOLED,
     SignTracker,
     _validate_config,
     _validate_params,
@@ -120,6 +118,9 @@ class LeanSignTracker(SignTracker):
     def _offset(self, g: int) -> int:
         return sum(len(group.lanes) for group in self._lean_groups[:g])
 
+    def _tracked_parts(self) -> list[Lane]:
+        return self._lanes
+
     def _backend_for(self, tensor: torch.Tensor) -> str:
         if self.backend == "auto":
             return "numpy" if tensor.device.type == "cpu" else "torch"
@@ -159,33 +160,12 @@ class LeanSignTracker(SignTracker):
             "boundary_hit_fraction": hits / n,
         }
 
-    def _k_per_lane(self) -> list[torch.Tensor]:
+    def _k_per_tensor(self) -> list[torch.Tensor]:
         return [self._lean_groups[g].k_of(i) for g, i in self._where]
-
-    def k_histogram(self) -> pd.DataFrame:
-        names: list[str] = []
-        ks: list[np.ndarray] = []
-        counts: list[np.ndarray] = []
-        pooled = np.zeros(1, dtype=np.int64)
-        for lane, k in zip(self._lanes, self._k_per_lane(), strict=True):
-            hist = torch.bincount(k).numpy()
-            if hist.size > pooled.size:
-                pooled = np.pad(pooled, (0, hist.size - pooled.size))
-            pooled[: hist.size] += hist
-            self._append_hist(names, ks, counts, lane.name, hist)
-        self._append_hist(names, ks, counts, POOLED, pooled)
-        frame = pd.DataFrame(
-            {
-                "tensor": pd.Series(names, dtype=object),
-                "k": np.concatenate(ks).astype(np.int64),
-                "count": np.concatenate(counts).astype(np.int64),
-            }
-        )
-        return frame.sort_values(["tensor", "k"], kind="stable").reset_index(drop=True)
 
     def k_values(self) -> torch.Tensor:
         """K_T^eff(ρ) of every tracked scalar (int64, CPU, tensors in ``tensor_names`` order)."""
-        return torch.cat(self._k_per_lane())
+        return torch.cat(self._k_per_tensor())
 
     def first_hit_times(self) -> torch.Tensor:
         return torch.cat([self._lean_groups[g].tau1_of(i) for g, i in self._where])
@@ -279,27 +259,6 @@ class LeanSignTracker(SignTracker):
         if lane.index is not None:
             index = torch.searchsorted(lane.index.cpu(), index)
         return index.numpy()
-
-    def _check_same_tracker(self, state: dict[str, Any]) -> None:
-        if list(state["names"]) != self.tensor_names:
-            raise ValueError(
-                f"SignTracker state tracks tensors {list(state['names'])}, "
-                f"this tracker tracks {self.tensor_names}"
-            )
-        sizes = [lane.size for lane in self._lanes]
-        numels = [lane.tensor.numel() for lane in self._lanes]
-        if state["sizes"].tolist() != sizes or state["numels"].tolist() != numels:
-            raise ValueError(
-                f"SignTracker state sizes {state['sizes'].tolist()} / numels "
-                f"{state['numels'].tolist()} differ from this tracker's {sizes} / {numels}"
-            )
-        if bool(state["sampled"]) != (self.sample_per_tensor is not None):
-            raise ValueError("SignTracker state and this tracker differ in sampling mode")
-        if (float(state["rho"]), float(state["eps"])) != (self.rho, self.eps):
-            raise ValueError(
-                f"SignTracker state has rho={float(state['rho'])}, eps={float(state['eps'])}; "
-                f"this tracker has rho={self.rho}, eps={self.eps}"
-            )
 
 
 def _per_lane(state: dict[str, Any]) -> list[dict[str, Any]]:

@@ -334,13 +334,12 @@ class SignTracker:
         ks: list[np.ndarray] = []
         counts: list[np.ndarray] = []
         pooled = np.zeros(1, dtype=np.int64)
-        for s in self._segments:
-            group = self._groups[s.group]
-            hist = torch.bincount(group.k[s.start : s.stop].long()).cpu().numpy()
+        for name, k in zip(self.tensor_names, self._k_per_tensor(), strict=True):
+            hist = torch.bincount(k.long()).cpu().numpy()
             if hist.size > pooled.size:
                 pooled = np.pad(pooled, (0, hist.size - pooled.size))
             pooled[: hist.size] += hist
-            self._append_hist(names, ks, counts, s.name, hist)
+            self._append_hist(names, ks, counts, name, hist)
         self._append_hist(names, ks, counts, POOLED, pooled)
         frame = pd.DataFrame(
             {
@@ -350,6 +349,10 @@ class SignTracker:
             }
         )
         return frame.sort_values(["tensor", "k"], kind="stable").reset_index(drop=True)
+
+    def _k_per_tensor(self) -> list[torch.Tensor]:
+        """K of every tracked scalar, one tensor per tracked tensor (on its group's device)."""
+        return [self._groups[s.group].k[s.start : s.stop] for s in self._segments]
 
     @staticmethod
     def _append_hist(
@@ -435,13 +438,24 @@ class SignTracker:
     def _check_compatible(self, state: dict[str, Any]) -> None:
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"unsupported SignTracker state version {state.get('version')!r}")
+        self._check_same_tracker(state)
+        for key in _STATE_FIELDS:
+            if key not in state or state[key].numel() != self.n_tracked:
+                raise ValueError(f"SignTracker state lacks {key!r} for {self.n_tracked} scalars")
+
+    def _tracked_parts(self) -> list[Any]:
+        """One object per tracked tensor with its ``size`` (scalars tracked) and ``tensor``."""
+        return self._segments
+
+    def _check_same_tracker(self, state: dict[str, Any]) -> None:
+        """The state tracks the same tensors, sizes, sampling mode and thresholds."""
         if list(state["names"]) != self.tensor_names:
             raise ValueError(
                 f"SignTracker state tracks tensors {list(state['names'])}, "
                 f"this tracker tracks {self.tensor_names}"
             )
-        sizes = [s.size for s in self._segments]
-        numels = [s.tensor.numel() for s in self._segments]
+        sizes = [part.size for part in self._tracked_parts()]
+        numels = [part.tensor.numel() for part in self._tracked_parts()]
         if state["sizes"].tolist() != sizes or state["numels"].tolist() != numels:
             raise ValueError(
                 f"SignTracker state sizes {state['sizes'].tolist()} / numels "
@@ -449,9 +463,6 @@ class SignTracker:
             )
         if bool(state["sampled"]) != (self.sample_per_tensor is not None):
             raise ValueError("SignTracker state and this tracker differ in sampling mode")
-        for key in _STATE_FIELDS:
-            if key not in state or state[key].numel() != self.n_tracked:
-                raise ValueError(f"SignTracker state lacks {key!r} for {self.n_tracked} scalars")
         if (float(state["rho"]), float(state["eps"])) != (self.rho, self.eps):
             raise ValueError(
                 f"SignTracker state has rho={float(state['rho'])}, eps={float(state['eps'])}; "
