@@ -40,9 +40,11 @@ from typing import Any
 
 import torch
 
-from signlock.search_spaces.memory import USABLE_FRACTION, estimate_memory, gpu_tracker_bytes
+from signlock.search_spaces.memory import USABLE_FRACTION, estimate_memory
 from signlock.search_spaces.presets import trial_preset
+from signlock.trainables._sign_kernel import resident_bytes_per_scalar
 from signlock.trainables.config import TrialConfig
+from signlock.trainables.flat_tracker import FlatSignTracker
 from signlock.trainables.interventions import resolve_targets
 from signlock.trainables.models import SCALE_CONFIGS
 from signlock.trainables.tracker import SignTracker
@@ -180,16 +182,16 @@ def card_bytes(device: torch.device) -> int | None:
 
 
 def build_tracker(trial: Trial, mode: str, result: ModelResult) -> SignTracker:
-    """The tracker of ``mode`` ("full-eager": full with the eager dense passes, for timing);
-    the peak while it is built (its first observation flags nearly every scalar) is recorded."""
+    """The tracker of ``mode`` ("full-flat": full, in the flat layout the lean one replaced, for
+    timing side by side); the peak while it is built is recorded."""
     targets = resolve_targets(trial.model, [], "tracker.targets")
     sample = SAMPLE_PER_TENSOR if mode == "sampled" else None
-    fused = False if mode == "full-eager" else None
     device = trial.device
     if device.type == "cuda":
         synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    tracker = SignTracker(targets, sample_per_tensor=sample, fused=fused)
+    layout = FlatSignTracker if mode == "full-flat" else SignTracker
+    tracker = layout(targets, sample_per_tensor=sample)
     if device.type == "cuda":
         synchronize(device)
         result.build_peak[mode] = torch.cuda.max_memory_allocated(device)
@@ -258,9 +260,9 @@ def bench_model(name: str, args: argparse.Namespace, run_root: Path) -> ModelRes
         record_memory(result, "full", step_memory(trial, [full]), less=sampled_bytes)
         if "full" in result.build_peak:
             result.build_peak["full"] -= sampled_bytes
-        eager = try_full_tracker(trial, result, "full-eager")
-        if eager is not None:
-            trackers["full-eager"] = eager
+        flat = try_full_tracker(trial, result, "full-flat")
+        if flat is not None:
+            trackers["full-flat"] = flat
     result.tracked_scalars = {mode: t.n_tracked for mode, t in trackers.items()}
     result.step_ms, result.observe_ms = time_steps(trial, trackers, args.steps)
     result.log_row_ms = {m: log_row_seconds(trial.device, t) * 1e3 for m, t in trackers.items()}
@@ -271,9 +273,10 @@ def try_full_tracker(trial: Trial, result: ModelResult, mode: str) -> SignTracke
     """A full tracker where the planner fits it beside what is allocated; why not in
     ``result.skipped``."""
     needed = result.planned_peak["full"]
-    if mode == "full-eager":
+    if mode == "full-flat":
         targets = resolve_targets(trial.model, [], "tracker.targets")
-        needed = gpu_tracker_bytes(targets, None, fused=False) + allocated(trial.device)
+        flat = sum(p.numel() * resident_bytes_per_scalar(p.dtype, fused=True) for _, p in targets)
+        needed = flat + allocated(trial.device)
     why_not = full_fits(needed, trial.device)
     if why_not is None:
         try:
@@ -289,16 +292,13 @@ def allocated(device: torch.device) -> int:
     return torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
 
 
-def tracker_resident_bytes(tracker: SignTracker) -> int:
-    """Bytes of the tracker's own buffers (views of the weights excluded)."""
+def tracker_resident_bytes(tracker: SignTracker | FlatSignTracker) -> int:
+    """Bytes of the tracker's own buffers (views of the weights excluded), one per storage."""
     storages = {
         value.untyped_storage().data_ptr(): value.untyped_storage().nbytes()
-        for part in [*tracker._groups, *tracker._segments]
-        for name, value in vars(part).items()
-        if isinstance(value, torch.Tensor) and name != "tensor"
+        for value in tracker.resident_tensors()
     }
-    weights = {s.tensor.untyped_storage().data_ptr() for s in tracker._segments}
-    return sum(n for pointer, n in storages.items() if pointer not in weights)
+    return sum(storages.values())
 
 
 def record_memory(
@@ -378,7 +378,7 @@ def print_table(results: list[ModelResult]) -> None:
     nan = float("nan")
     print(
         f"{'model':<12}{'params':>8}{'optim':>10}{'step ms':>9}{'tok/s':>8}{'tok/s s':>8}"
-        f"{'tok/s f':>8}{'obs s ms':>9}{'obs f ms':>9}{'f share':>8}{'eager ms':>9}{'e share':>8}"
+        f"{'tok/s f':>8}{'obs s ms':>9}{'obs f ms':>9}{'f share':>8}{'flat ms':>9}{'fl share':>8}"
     )
     for r in results:
         if r.error:
@@ -389,15 +389,15 @@ def print_table(results: list[ModelResult]) -> None:
             f"{r.model:<12}{r.params / 1e6:>7.0f}M{r.optimizer:>10}{r.step_ms['none']:>9.1f}"
             f"{tok['none']:>8.0f}{tok['sampled']:>8.0f}{tok.get('full', nan):>8.0f}"
             f"{r.observe_ms['sampled']:>9.2f}{r.observe_ms.get('full', nan):>9.2f}"
-            f"{share(r, 'full'):>8}{r.observe_ms.get('full-eager', nan):>9.2f}"
-            f"{share(r, 'full-eager'):>8}"
+            f"{share(r, 'full'):>8}{r.observe_ms.get('full-flat', nan):>9.2f}"
+            f"{share(r, 'full-flat'):>8}"
         )
     print(
         f"\n{'model':<12}{'mode':>8}{'fwd+bwd':>9}{'optim':>9}{'observe':>9}{'build':>9}"
         f"{'peak':>9}{'planned':>9}{'error':>8}  (GiB)"
     )
     for r in results:
-        for mode in (*MODES, "full-eager"):
+        for mode in (*MODES, "full-flat"):
             if mode in r.skipped:
                 print(f"{r.model:<12}{mode:>8}  not run: {r.skipped[mode]}")
                 continue

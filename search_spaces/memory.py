@@ -12,15 +12,15 @@ Counted on the ``meta`` device from the trial config, per component:
   :func:`signlock.trainables.families.gpt.activation_bytes_per_token`), with and without
   per-block gradient checkpointing, plus the loss's backward buffers;
 - the sign tracker, over its tracked scalars (every matrix-shaped parameter, or
-  ``sample_per_tensor`` per tensor), in the layout of the device it runs on. On a GPU (fused
-  dense pass, torch sparse step): its per-scalar buffers (``tracker.resident_bytes_per_scalar``),
-  the sampled indices, one byte per scalar of flagged mask words at worst, and the sparse
-  step's temporaries per candidate, measured with torch's profiler on the torch backend and
-  bounded by the chunk of candidates processed at once. On a CPU (eager passes, numpy sparse
-  step): the bytes per scalar measured on a small tensor with torch's profiler (resident buffers
-  and the temporaries of one ``observe``). The profiler (``profile_memory``) records each op's
-  own CPU allocations less its frees; their running sum in the order the ops started is the
-  live memory at op granularity, and its maximum the peak;
+  ``sample_per_tensor`` per tensor), from the lean layout's table (``_lean_kernel``): two bytes
+  per tracked scalar (state and K) plus the int64 index of each sampled one, and the temporaries
+  of the worst observation (every scalar's code changes), bounded by the chunk compared at once.
+  On a GPU (torch backend, each tensor compared in place) those are measured per scalar with
+  torch's profiler; on a CPU (numpy backend) add each dtype group's packing scratch, and the
+  numpy temporaries measured with ``tracemalloc``. The profiler (``profile_memory``) records
+  each op's own CPU allocations less its frees; their running sum in the order the ops started
+  is the live memory at op granularity, and its maximum the peak. The tracker's host tables (τ1
+  entries, K ≥ 255) grow with the events that happen; the plan states their worst case;
 - on a GPU, ``CUDA_WORKSPACE_BYTES`` of cuBLAS/cuBLASLt workspaces the caching allocator holds.
 
 The peak is the sum of weights, gradients, the optimizer state the trial will use, its
@@ -39,6 +39,7 @@ import functools
 import json
 import os
 import re
+import tracemalloc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -55,6 +56,7 @@ ADAM8_BYTES_PER_PARAM = 2 + 2 * FP32 / 256  # two uint8 states + their fp32 absm
 # Measured 59–64 MiB above every other component at each scale-family size (H200, torch 2.11).
 CUDA_WORKSPACE_BYTES = 64 * 2**20
 INDEX_BYTES = 8  # int64 index of each sampled coordinate
+NATIVE_SCRATCH_BYTES = 5  # the compiled dense pass's int32 index and code per chunk scalar
 KINETO_LOG_LEVEL, KINETO_QUIET = "KINETO_LOG_LEVEL", "9"  # above every level kineto logs at
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(G|GB|GIB|M|MB|MIB|T|TB|TIB)?\s*$", re.IGNORECASE)
 _UNIT = {"G": 2**30, "M": 2**20, "T": 2**40}
@@ -81,8 +83,10 @@ class MemoryEstimate:
     activations: int
     activations_checkpointed: int
     tracked_scalars: int
-    tracker: int  # on a GPU
+    tracker: int  # resident, on a GPU
+    tracker_observing: int  # what one observation adds at most, on a GPU
     tracker_on_cpu: int
+    tracker_observing_on_cpu: int
     eight_bit: bool
     checkpointing: bool
 
@@ -95,18 +99,21 @@ class MemoryEstimate:
         return self.activations_checkpointed if self.checkpointing else self.activations
 
     @property
-    def training(self) -> int:
-        """Weights, gradients, optimizer state and activations (both devices)."""
-        return self.weights + self.gradients + self.optimizer + self.activations_used
+    def state(self) -> int:
+        """Weights, gradients and optimizer state (both devices)."""
+        return self.weights + self.gradients + self.optimizer
 
     @property
     def peak(self) -> int:
-        """On a GPU."""
-        return self.training + self.tracker + CUDA_WORKSPACE_BYTES
+        """On a GPU. The tracker observes after the optimizer step, when the backward pass has
+        freed the activations: its temporaries and the activations are never live together."""
+        transient = max(self.activations_used, self.tracker_observing)
+        return self.state + self.tracker + transient + CUDA_WORKSPACE_BYTES
 
     @property
     def cpu_peak(self) -> int:
-        return self.training + self.tracker_on_cpu
+        transient = max(self.activations_used, self.tracker_observing_on_cpu)
+        return self.state + self.tracker_on_cpu + transient
 
     def fits(self, gpu_bytes: int) -> bool:
         return self.peak <= USABLE_FRACTION * gpu_bytes
@@ -144,60 +151,115 @@ def allocated_peak(run: Callable[[], object]) -> int:
     return peak
 
 
-@functools.lru_cache(maxsize=4)
-def tracker_bytes_per_scalar(sampled: bool) -> float:
-    """The sign tracker's memory per tracked scalar, measured: its resident buffers plus the
-    temporaries of one ``observe`` (torch's profiler over a 64k-element tensor)."""
+def _flipping_tracker(
+    dtype: torch.dtype, backend: str, n: int = 1 << 16
+) -> tuple[object, torch.Tensor]:
+    """A tracker over ``n`` scalars of ``dtype`` all beyond ρ, and its weights: negating them
+    then changes every scalar's code, the observation with the most work (the worst case)."""
     from signlock.trainables.tracker import SignTracker
 
-    n = 1 << 16
-    weights = torch.nn.Parameter(torch.randn(n) * 0.02)
-    sample = n // 2 if sampled else None
-    trackers: list[SignTracker] = []
-
-    def build_and_observe() -> None:
-        trackers.append(SignTracker([("w", weights)], sample_per_tensor=sample))
-        with torch.no_grad():
-            weights.add_(1e-3)
-        trackers[0].observe()
-
-    return allocated_peak(build_and_observe) / trackers[0].n_tracked
+    weights = torch.nn.Parameter((0.02 + torch.rand(n) * 0.02).to(dtype))
+    return SignTracker([("w", weights)], backend=backend), weights
 
 
-@functools.lru_cache(maxsize=1)
-def sparse_bytes_per_candidate() -> float:
-    """Temporaries of the torch sparse step per flagged scalar, measured with torch's profiler on
-    the observation that flags every scalar (all start beyond ρ), less the tracker's resident
-    buffers and the flagged mask words."""
-    from signlock.trainables.tracker import SignTracker, resident_bytes_per_scalar
-
-    n = 1 << 16
-    weights = torch.nn.Parameter(0.02 + torch.rand(n) * 0.02)
-    peak = allocated_peak(lambda: SignTracker([("w", weights)], backend="torch", fused=False))
-    resident = resident_bytes_per_scalar(torch.float32, fused=False) * n
-    return (peak - resident - n) / n  # n: the int64 mask words, 1 B per scalar
+@functools.lru_cache(maxsize=8)
+def torch_observe_bytes_per_scalar(dtype: torch.dtype) -> float:
+    """Temporaries of one observation per scalar on the torch backend (the GPU's) when every
+    scalar's code changes, measured with torch's profiler (same ops and dtypes as on CUDA)."""
+    tracker, weights = _flipping_tracker(dtype, "torch")
+    with torch.no_grad():
+        weights.mul_(-1)
+    return allocated_peak(tracker.observe) / weights.numel()  # type: ignore[attr-defined]
 
 
-def gpu_tracker_bytes(
-    targets: list[tuple[str, torch.Tensor]], sample: int | None, *, fused: bool = True
-) -> int:
-    """The tracker's peak bytes on a GPU (torch sparse step; the compiled dense pass allocates
-    nothing, the eager one keeps its two output buffers)."""
-    from signlock.trainables.tracker import CANDIDATE_CHUNK_WORDS, resident_bytes_per_scalar
+@functools.lru_cache(maxsize=4)
+def cpu_observe_bytes_per_scalar(backend: str) -> float:
+    """Temporaries of one observation on a CPU backend per scalar of a ``PACKED_CHUNK``-scalar
+    tensor whose every code changes (the worst case), from ``tracemalloc`` (which sees numpy's
+    memory; the tracker's own buffers exist before it starts)."""
+    from signlock.trainables.tracker import PACKED_CHUNK
 
-    counts = [
-        (p.numel() if sample is None else min(sample, p.numel()), p.dtype) for _, p in targets
-    ]
-    n = sum(count for count, _ in counts)
-    resident = sum(
-        count * (resident_bytes_per_scalar(dtype, fused=fused) + (sample is not None) * INDEX_BYTES)
-        for count, dtype in counts
+    tracker, weights = _flipping_tracker(torch.float32, backend, PACKED_CHUNK)
+    with torch.no_grad():
+        weights.mul_(-1)
+    tracemalloc.start()
+    try:
+        tracker.observe()  # type: ignore[attr-defined]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak / PACKED_CHUNK
+
+
+def _tracked_counts(
+    targets: list[tuple[str, torch.Tensor]], sample: int | None
+) -> list[tuple[int, torch.dtype]]:
+    return [(p.numel() if sample is None else min(sample, p.numel()), p.dtype) for _, p in targets]
+
+
+def _resident_tracker_bytes(counts: list[tuple[int, torch.dtype]], sample: int | None) -> int:
+    """The state and K bytes of every tracked scalar, and its index when sampling."""
+    from signlock.trainables.tracker import DENSE_BYTES_PER_SCALAR
+
+    per_scalar = DENSE_BYTES_PER_SCALAR + (sample is not None) * INDEX_BYTES
+    return sum(count for count, _ in counts) * per_scalar
+
+
+@dataclass(frozen=True)
+class TrackerBytes:
+    """What the sign tracker holds throughout a trial, and what one observation adds at most."""
+
+    resident: int
+    observing: int
+
+
+def gpu_tracker_bytes(targets: list[tuple[str, torch.Tensor]], sample: int | None) -> TrackerBytes:
+    """The tracker on a GPU: resident bytes, and the worst observation's temporaries over the
+    largest chunk compared at once (tensors are compared one by one)."""
+    from signlock.trainables.tracker import CODE_CHUNK
+
+    counts = _tracked_counts(targets, sample)
+    temporaries = max(
+        (min(count, CODE_CHUNK) * torch_observe_bytes_per_scalar(dtype) for count, dtype in counts),
+        default=0,
     )
-    per_dtype: dict[torch.dtype, int] = {}  # one group per dtype, observed one after another
+    return TrackerBytes(_resident_tracker_bytes(counts, sample), int(temporaries))
+
+
+def cpu_tracker_bytes(targets: list[tuple[str, torch.Tensor]], sample: int | None) -> TrackerBytes:
+    """The same on a CPU, for the backend ``"auto"`` picks here: resident bytes plus each
+    compute dtype's fixed scratch (the compiled pass's output buffers, 5 bytes per scalar of the
+    largest chunk, and a packing buffer where a tensor is sampled or of another dtype; the numpy
+    pass's ``CodeScratch`` and packing buffer), and the worst observation's numpy temporaries
+    over the largest chunk."""
+    from signlock.trainables.tracker import PACKED_CHUNK, compute_dtype, cpu_backend
+
+    backend = cpu_backend()
+    counts = _tracked_counts(targets, sample)
+    groups: dict[torch.dtype, list[tuple[int, torch.dtype]]] = {}
     for count, dtype in counts:
-        per_dtype[dtype] = per_dtype.get(dtype, 0) + count
-    chunk = min(max(per_dtype.values()), 8 * CANDIDATE_CHUNK_WORDS)
-    return int(resident + n + chunk * sparse_bytes_per_candidate())
+        groups.setdefault(compute_dtype(dtype), []).append((count, dtype))
+    scratch, largest = 0, 0
+    for compute, members in groups.items():
+        chunk = min(sum(count for count, _ in members), PACKED_CHUNK)
+        if backend == "native":  # tensors read in place, the rest packed together
+            packs = sample is not None or any(dtype != compute for _, dtype in members)
+            if not packs:
+                chunk = max(min(count, PACKED_CHUNK) for count, _ in members)
+            scratch += chunk * NATIVE_SCRATCH_BYTES + packs * chunk * compute.itemsize
+        else:
+            scratch += chunk * (2 * compute.itemsize + 3)
+        largest = max(largest, chunk)
+    temporaries = largest * cpu_observe_bytes_per_scalar(backend)
+    return TrackerBytes(_resident_tracker_bytes(counts, sample) + scratch, int(temporaries))
+
+
+def host_table_bytes_worst(n_tracked: int) -> tuple[int, int]:
+    """Host tables if every tracked scalar hits the band (τ1 entries), and what K overflow
+    entries add if every one also flips 255 times or more."""
+    from signlock.trainables.tracker import K_OVERFLOW_ENTRY_BYTES, TAU1_ENTRY_BYTES
+
+    return n_tracked * TAU1_ENTRY_BYTES, n_tracked * K_OVERFLOW_ENTRY_BYTES
 
 
 def _meta_model(cfg: TrialConfig, vocab: int | None) -> torch.nn.Module:
@@ -232,8 +294,10 @@ def estimate_memory(cfg: TrialConfig, vocab: int | None) -> MemoryEstimate:
     activations, checkpointed = family_of(cfg).activation_bytes(cfg, vocab)
     n_tracked = tracked_scalars(cfg, model)
     sample = cfg.tracker.sample_per_tensor
-    per_scalar_on_cpu = tracker_bytes_per_scalar(sample is not None)
-    on_gpu = gpu_tracker_bytes(tracked_tensors(cfg, model), sample) if n_tracked else 0
+    targets = tracked_tensors(cfg, model)
+    none = TrackerBytes(0, 0)
+    on_gpu = gpu_tracker_bytes(targets, sample) if n_tracked else none
+    on_cpu = cpu_tracker_bytes(targets, sample) if n_tracked else none
     return MemoryEstimate(
         params=params,
         weights=weights,
@@ -243,8 +307,10 @@ def estimate_memory(cfg: TrialConfig, vocab: int | None) -> MemoryEstimate:
         activations=activations,
         activations_checkpointed=checkpointed,
         tracked_scalars=n_tracked,
-        tracker=on_gpu,
-        tracker_on_cpu=int(n_tracked * per_scalar_on_cpu),
+        tracker=on_gpu.resident,
+        tracker_observing=on_gpu.observing,
+        tracker_on_cpu=on_cpu.resident,
+        tracker_observing_on_cpu=on_cpu.observing,
         eight_bit=cfg.optim.eight_bit,
         checkpointing=cfg.model.gradient_checkpointing,
     )
@@ -275,6 +341,7 @@ def format_estimate(label: str, estimate: MemoryEstimate) -> list[str]:
     used = "8-bit AdamW" if estimate.eight_bit else "AdamW"
     ckpt = "checkpointed" if estimate.checkpointing else "no checkpointing"
     fits = estimate.fitting_gpus()
+    hits, overflows = host_table_bytes_worst(estimate.tracked_scalars)
     return [
         f"    {label}: peak {format_bytes(estimate.peak)} per trial ({used}, {ckpt})",
         f"      weights {format_bytes(estimate.weights)}, gradients "
@@ -286,6 +353,11 @@ def format_estimate(label: str, estimate: MemoryEstimate) -> list[str]:
         f"      sign tracker: {estimate.tracked_scalars:,} scalars, "
         f"{format_bytes(estimate.tracker)} on a GPU ({format_bytes(estimate.tracker_on_cpu)} "
         "on a CPU)",
+        f"        observing adds at most {format_bytes(estimate.tracker_observing)} on a GPU "
+        f"({format_bytes(estimate.tracker_observing_on_cpu)} on a CPU), after the backward "
+        "pass frees the activations",
+        f"        host tables, worst case: {format_bytes(hits)} if every scalar hits the band, "
+        f"{format_bytes(overflows)} more if every one flips 255+ times",
         f"      CUDA workspaces: {format_bytes(CUDA_WORKSPACE_BYTES)}",
         "      fits GPUs of: "
         + (", ".join(f"{gb} GB" for gb in fits) if fits else "none of ")

@@ -142,4 +142,3 @@ def _parse_resources(raw: object) -> tuple[Any, Any]:
         number_or_raw(raw.get("cpus_per_trial", 1.0)),
         number_or_raw(raw.get("gpus_per_trial", 0.0)),
     )
-

@@ -26,5 +26,5 @@ def test_scale_gpu_bench_runs_on_cpu(tmp_path, tinyshakespeare_path):
     assert rows and "AdamW" in rows[0]  # the printed table has the model's row
     (result,) = json.loads(out.read_text())["results"]
     assert result["error"] is None
-    assert set(result["step_ms"]) == {"none", "sampled", "full", "full-eager"}
+    assert set(result["step_ms"]) == {"none", "sampled", "full", "full-flat"}
     assert result["tracked_scalars"]["full"] > result["tracked_scalars"]["sampled"] > 0

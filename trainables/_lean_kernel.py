@@ -1,4 +1,4 @@
-"""Lean bit-level kernel of :class:`signlock.trainables.lean_tracker.LeanSignTracker` (private).
+"""Lean bit-level kernel of :class:`signlock.trainables.tracker.SignTracker` (private).
 
 The stopping times are those of Definition 3.2 (paper Section 3.1; see
 :mod:`signlock.trainables.tracker`). Per tracked scalar this kernel keeps **two bytes** in
@@ -17,7 +17,8 @@ state         uint8  bits 0-2 the *code* of the last observation w: bit 0 [w < 0
                      bit 7 [τ1 ≤ t]
 k             uint8  min(K, 255); where it reads 255, K is ``k_overflow[position]``
 k_overflow    host   position → K for the scalars with K ≥ 255 (Python ints: never overflows)
-tau1          host   (position, τ1) of every scalar that has hit the band, in time order
+tau1          host   the position of every scalar that has hit the band, in time order, and
+                     the steps as runs (t, count)
 counters      host   per tensor: zero crossings, band-skipping ones, τ1 hits, #{K>0}, ΣK
 ============  =====  ==========================================================================
 
@@ -37,6 +38,8 @@ so |w| ≤ ε, |w| > ε, |w| < ρ are exact for every stored value, bf16 and fp1
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Literal
@@ -44,7 +47,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-Backend = Literal["numpy", "torch"]
+from signlock.trainables import _native_flag as native_flag
+from signlock.trainables._native_flag import NativeFlagger
+
+Backend = Literal["native", "numpy", "torch"]
 
 NEGATIVE, OUTSIDE_BAND, INSIDE_RHO = 1, 2, 4  # the code bits of one observation
 CODE_BITS = 0b111
@@ -57,9 +63,12 @@ K_SATURATED = 255
 # Resident bytes per tracked scalar (the planner's table): dense bytes on the tensor's device,
 # and host bytes per event-sized table entry.
 DENSE_BYTES_PER_SCALAR = 2  # state + k
-TAU1_ENTRY_BYTES = 12  # int64 position + int32 τ1, per scalar that has hit the band
+TAU1_ENTRY_BYTES = 4  # int32 position, per scalar that has hit the band (τ1 kept as runs)
+RUN_BYTES = 16  # one (t, count) run per tensor and step with τ1 hits
 K_OVERFLOW_ENTRY_BYTES = 100  # a Python dict entry (int → int), per scalar with K ≥ 255
-CODE_CHUNK = 1 << 20  # scalars per dense comparison: bounds its temporaries
+CODE_CHUNK = 1 << 20  # scalars per dense comparison in torch: bounds its temporaries
+PACKED_CHUNK = 1 << 16  # scalars per dense comparison in numpy: an L2-sized scratch
+SPARSE_CHUNK = 1 << 14  # scalars per numpy state-machine pass (up to twice that)
 
 
 class Phase(IntEnum):
@@ -109,6 +118,11 @@ def codes_torch(x: torch.Tensor, eps: float, rho: float) -> torch.Tensor:
     return code
 
 
+def changed_codes(x: torch.Tensor, stored: torch.Tensor, eps: float, rho: float) -> torch.Tensor:
+    """The code bits in which each value's code differs from its stored state (0: unchanged)."""
+    return (codes_torch(x, eps, rho) ^ stored) & CODE_BITS
+
+
 def initial_state(code: Any) -> Any:
     """State bytes of observation 0: σ0 = 0 where |w_0| ≥ ρ (then waiting for τ1 with outer sign
     sign(w_0)), else waiting for σ0; the initial sign kept."""
@@ -149,14 +163,21 @@ class Lane:
     def stop(self) -> int:
         return self.start + self.size
 
-    def values(self) -> torch.Tensor:
-        """The tracked values, flat, in the tensor's own dtype (a view unless sampled or
-        non-contiguous)."""
+    @property
+    def contiguous(self) -> bool:
+        return self._flat is not None
+
+    def check_in_place(self) -> None:
         if self.tensor.data_ptr() != self._ptr:
             raise RuntimeError(
                 f"tracked tensor {self.name!r} was replaced instead of updated in place; "
                 "build a new SignTracker (and load_state_dict) after moving or recasting a model"
             )
+
+    def values(self) -> torch.Tensor:
+        """The tracked values, flat, in the tensor's own dtype (a view unless sampled or
+        non-contiguous)."""
+        self.check_in_place()
         flat = self._flat if self._flat is not None else self.tensor.detach().reshape(-1)
         return flat if self.index is None else flat.index_select(0, self.index)
 
@@ -164,42 +185,60 @@ class Lane:
 COUNT_KEYS = ("crossings", "band_skips", "tau_hits", "k_positive", "k_sum")
 
 
-@dataclass
 class Tau1Table:
-    """(position, τ1) pairs on the host, appended step by step, compacted now and then."""
+    """One tensor's τ1 hits on the host: their positions (int32, or int64 for tensors of 2³¹
+    scalars or more) in the order they happened, and the steps as runs (t, how many)."""
 
-    positions: list[np.ndarray] = field(default_factory=list)
-    times: list[np.ndarray] = field(default_factory=list)
+    def __init__(self, size: int) -> None:
+        self.dtype = np.int32 if size < 2**31 else np.int64
+        self.positions: list[np.ndarray] = []
+        self.runs: list[tuple[int, int]] = []
 
     def append(self, positions: np.ndarray, t: int) -> None:
-        self.positions.append(positions.astype(np.int64))
-        self.times.append(np.full(positions.size, t, dtype=np.int32))
+        self.positions.append(positions.astype(self.dtype))
+        if self.runs and self.runs[-1][0] == t:  # the same step, from another pass
+            self.runs[-1] = (t, self.runs[-1][1] + positions.size)
+        else:
+            self.runs.append((t, positions.size))
         if len(self.positions) > 64:
-            self.positions, self.times = [self.all_positions()], [self.all_times()]
+            self.positions = [self.all_positions()]
 
     def extend(self, positions: np.ndarray, times: np.ndarray) -> None:
-        self.positions.append(positions.astype(np.int64))
-        self.times.append(times.astype(np.int32))
+        """Hits in any order (a checkpoint's): stored sorted by time, stably."""
+        order = np.argsort(times, kind="stable")
+        positions, times = positions[order], times[order]
+        steps, counts = np.unique(times, return_counts=True)
+        self.positions.append(positions.astype(self.dtype))
+        self.runs.extend(zip(steps.tolist(), counts.tolist(), strict=True))
 
     def all_positions(self) -> np.ndarray:
-        return np.concatenate(self.positions) if self.positions else np.zeros(0, np.int64)
+        return np.concatenate(self.positions) if self.positions else np.zeros(0, self.dtype)
 
     def all_times(self) -> np.ndarray:
-        return np.concatenate(self.times) if self.times else np.zeros(0, np.int32)
+        steps = np.array([t for t, _ in self.runs], dtype=np.int32)
+        return np.repeat(steps, [n for _, n in self.runs])
+
+    def nbytes(self) -> int:
+        return sum(p.nbytes for p in self.positions) + len(self.runs) * RUN_BYTES
 
 
 class CodeScratch:
     """Preallocated numpy buffers for the dense code comparison of up to ``size`` scalars."""
 
-    def __init__(self, size: int, dtype: np.dtype) -> None:
-        self.magnitude = np.empty(size, dtype)
-        self.test = np.empty(size, np.bool_)
-        self.code = np.zeros(-(-size // 8) * 8, np.uint8)  # whole uint64 words
-        self.bit = np.empty(size, np.uint8)
+    def __init__(self, size: int, dtype: torch.dtype) -> None:
+        # torch-allocated (numpy views of them), so torch's allocation trackers see them
+        self.buffers = [
+            torch.empty(size, dtype=dtype),
+            torch.empty(size, dtype=torch.bool),
+            torch.zeros(-(-size // 8) * 8, dtype=torch.uint8),  # whole uint64 words
+            torch.empty(size, dtype=torch.uint8),
+        ]
+        self.magnitude, self.test, self.code, self.bit = (b.numpy() for b in self.buffers)
         self.lanes = np.arange(8)
 
     def changed(self, x: np.ndarray, stored: np.ndarray, eps: float, rho: float) -> np.ndarray:
-        """Indices where the code of ``x`` differs from the code bits of ``stored``."""
+        """The 8-scalar words in which the code of ``x`` differs from the code bits of
+        ``stored`` somewhere (see :meth:`flagged`)."""
         n = x.size
         magnitude, test, code, bit = (
             b[:n] for b in (self.magnitude, self.test, self.code, self.bit)
@@ -216,11 +255,56 @@ class CodeScratch:
         code &= CODE_BITS
         padded = -(-n // 8) * 8
         self.code[n:padded] = 0
-        words = np.flatnonzero(self.code[:padded].view(np.uint64))  # 8 scalars per test
-        if not words.size:
-            return words
+        return np.flatnonzero(self.code[:padded].view(np.uint64))  # 8 scalars per test
+
+    def flagged(self, words: np.ndarray) -> np.ndarray:
+        """The scalars flagged in ``words`` (indices of nonzero words of the last ``changed``)."""
         candidates = (words[:, None] * 8 + self.lanes).reshape(-1)
         return candidates[self.code[candidates] != 0]
+
+
+@dataclass
+class Chunk:
+    """Up to ``PACKED_CHUNK`` consecutive scalars of a group, from ``offset``: either a view of
+    one tensor's memory (``in_place``) or ``pieces`` (lane, start, stop, at) to pack."""
+
+    offset: int
+    size: int
+    in_place: np.ndarray | None
+    pieces: list[tuple[Lane, int, int, int]]
+
+
+def plan_chunks(
+    lanes: list[Lane], dtype: torch.dtype, size: int, *, small_in_place: bool = False
+) -> list[Chunk]:
+    """Cut the group's scalars into chunks of at most ``size``: a whole chunk inside one
+    contiguous, unsampled tensor of ``dtype`` is read where it lies (with ``small_in_place``
+    also a shorter one: a tensor's tail or a small tensor); the rest are packed."""
+    chunks, pieces, packed = [], [], 0
+    for lane in lanes:
+        readable = lane.index is None and lane.tensor.dtype == dtype and lane.contiguous
+        for start in range(0, lane.size, size):
+            stop = min(lane.size, start + size)
+            if readable and (small_in_place or stop - start == size):
+                if pieces:  # a packed chunk covers consecutive positions only
+                    chunks.append(_packed_chunk(pieces, packed))
+                    pieces, packed = [], 0
+                view = lane.tensor.detach().view(-1)[start:stop].numpy()
+                chunks.append(Chunk(lane.start + start, stop - start, view, []))
+                continue
+            if packed + stop - start > size:
+                chunks.append(_packed_chunk(pieces, packed))
+                pieces, packed = [], 0
+            pieces.append((lane, start, stop, packed))
+            packed += stop - start
+    if pieces:
+        chunks.append(_packed_chunk(pieces, packed))
+    return chunks
+
+
+def _packed_chunk(pieces: list[tuple[Lane, int, int, int]], packed: int) -> Chunk:
+    lane, start = pieces[0][0], pieces[0][1]
+    return Chunk(lane.start + start, packed, None, list(pieces))
 
 
 class LeanGroup:
@@ -228,13 +312,15 @@ class LeanGroup:
     view of its slice) and one sparse pass per step over the scalars flagged in any lane.
 
     ``backend="numpy"`` (CPU) compares codes and runs the state machine on numpy views of the
-    same memory; ``"torch"`` does it in torch (any device).
+    same memory; ``"native"`` is the same with the dense comparison compiled
+    (:mod:`signlock.trainables._native_flag`, one pass instead of ten); ``"torch"`` does it in
+    torch (any device).
     """
 
     def __init__(self, lanes: list[Lane], backend: Backend) -> None:
         self.lanes = lanes
         self.backend = backend
-        self.xp: Any = np if backend == "numpy" else torch
+        self.xp: Any = torch if backend == "torch" else np
         self.device = lanes[0].tensor.device
         self.dtype = compute_dtype(lanes[0].tensor.dtype)
         start = 0
@@ -248,14 +334,37 @@ class LeanGroup:
             lane.k = self.k[lane.start : lane.stop].view(lane.shape)
         self.starts = np.array([lane.start for lane in lanes], dtype=np.int64)
         self.counts = np.zeros((len(lanes), len(COUNT_KEYS)), dtype=np.int64)
-        self.tau1 = Tau1Table()  # group positions
+        self.tau1 = [Tau1Table(lane.size) for lane in lanes]  # lane positions
         self.k_overflow: dict[int, int] = {}  # group position -> K
-        if backend == "numpy":
-            self._state, self._k = self.state.numpy(), self.k.numpy()
-            chunk = min(max(lane.size for lane in lanes), CODE_CHUNK)
-            self._scratch = CodeScratch(chunk, np.dtype(str(self.dtype).removeprefix("torch.")))
-        else:
+        self._scratch: CodeScratch | NativeFlagger | None = None
+        if backend == "torch":
             self._state, self._k = self.state, self.k
+        else:
+            self._state, self._k = self.state.numpy(), self.k.numpy()
+            self.eps, self.rho = lanes[0].eps, lanes[0].rho  # the compute dtype's, for all
+            # the compiled pass costs little per call: it reads every tensor it can in place
+            in_place = backend == "native"
+            self._chunks = plan_chunks(lanes, self.dtype, PACKED_CHUNK, small_in_place=in_place)
+            size = max(chunk.size for chunk in self._chunks)
+            self._scratch = self._dense_pass(backend, size)
+            packed = [chunk.size for chunk in self._chunks if chunk.in_place is None]
+            self._packed = torch.empty(max(packed, default=0), dtype=self.dtype)
+            self._packed_np = self._packed.numpy()
+            if isinstance(self._scratch, NativeFlagger):
+                self._native_calls = [self._bind(self._scratch, c) for c in self._chunks]
+
+    def _bind(self, flagger: NativeFlagger, chunk: Chunk) -> Callable[[], Any]:
+        x = chunk.in_place if chunk.in_place is not None else self._packed_np[: chunk.size]
+        stored = self._state[chunk.offset : chunk.offset + chunk.size]
+        return flagger.bind(x, stored, self.eps, self.rho, chunk.offset)
+
+    def _dense_pass(self, backend: Backend, size: int) -> CodeScratch | NativeFlagger:
+        if backend == "native":
+            library = native_flag.load()
+            if library is None:
+                raise RuntimeError("no C compiler works here for the native dense pass")
+            return NativeFlagger(library, size)
+        return CodeScratch(size, self.dtype)
 
     # ----- dense pass -----
 
@@ -266,7 +375,7 @@ class LeanGroup:
 
     def _codes(self, lane: Lane, values: torch.Tensor) -> Any:
         x = self._as_compared(values)
-        return (codes_numpy if self.backend == "numpy" else codes_torch)(x, lane.eps, lane.rho)
+        return (codes_torch if self.backend == "torch" else codes_numpy)(x, lane.eps, lane.rho)
 
     def record_initial(self) -> None:
         for lane in self.lanes:
@@ -275,59 +384,100 @@ class LeanGroup:
 
     def observe(self, t: int) -> int:
         """Record observation t ≥ 1; returns the number of zero crossings t−1 → t."""
-        positions, codes = [], []
+        for lane in self.lanes:
+            lane.check_in_place()
+        flagged = self._flag_torch() if self.backend == "torch" else self._flag_numpy()
+        return sum(self._process(positions, codes, t) for positions, codes in flagged)
+
+    def _flag_numpy(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Per chunk of the group, the scalars whose code changed and their new codes, batched
+        into passes of about ``SPARSE_CHUNK``. A chunk inside one contiguous tensor of the
+        compute dtype is compared where it lies; smaller tensors (and other dtypes, sampled
+        coordinates) are packed into a fixed scratch chunk."""
+        positions: list[np.ndarray] = []
+        codes: list[np.ndarray] = []
+        pending = 0
+        for i, chunk in enumerate(self._chunks):
+            x = chunk.in_place if chunk.in_place is not None else self._pack(chunk)
+            stored = self._state[chunk.offset : chunk.offset + chunk.size]
+            for part_positions, part_codes in self._changed_in(i, chunk, x, stored):
+                positions.append(part_positions)
+                codes.append(part_codes)
+                pending += part_positions.size
+                if pending >= SPARSE_CHUNK:  # one state-machine pass for many chunks
+                    yield np.concatenate(positions), np.concatenate(codes)
+                    positions, codes, pending = [], [], 0
+        if positions:
+            yield np.concatenate(positions), np.concatenate(codes)
+
+    def _changed_in(
+        self, i: int, chunk: Chunk, x: np.ndarray, stored: np.ndarray
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(group position, new code) of the scalars of chunk ``i`` whose code changed."""
+        scratch = self._scratch
+        if isinstance(scratch, NativeFlagger):
+            found, codes = self._native_calls[i]()
+            for start in range(0, found.size, SPARSE_CHUNK):  # bounded temporaries
+                yield found[start : start + SPARSE_CHUNK], codes[start : start + SPARSE_CHUNK]
+            return
+        assert scratch is not None
+        words = scratch.changed(x, stored, self.eps, self.rho)
+        for start in range(0, words.size, SPARSE_CHUNK // 8):  # bounded temporaries
+            part = scratch.flagged(words[start : start + SPARSE_CHUNK // 8])
+            yield part + chunk.offset, codes_numpy(x[part], self.eps, self.rho)
+
+    def _pack(self, chunk: Chunk) -> np.ndarray:
+        for lane, start, stop, at in chunk.pieces:
+            self._packed[at : at + stop - start].copy_(lane.values()[start:stop])
+        return self._packed_np[: chunk.size]
+
+    def _flag_torch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The same per lane and chunk, each weight read in place in its own dtype."""
         for lane in self.lanes:
             values = lane.values()
             for start in range(0, lane.size, CODE_CHUNK):
                 offset = lane.start + start
-                x = self._as_compared(values[start : start + CODE_CHUNK])
+                x = values[start : start + CODE_CHUNK]
                 stored = self._state[offset : offset + len(x)]
-                if self.backend == "numpy":
-                    changed = self._scratch.changed(x, stored, lane.eps, lane.rho)
-                    if changed.size:
-                        positions.append(changed + offset)
-                        codes.append(codes_numpy(x[changed], lane.eps, lane.rho))
-                else:
-                    code = codes_torch(x, lane.eps, lane.rho)
-                    changed = torch.nonzero((code ^ stored) & CODE_BITS).view(-1)
-                    positions.append(changed + offset)
-                    codes.append(code[changed])
-        if not positions:
-            return 0
-        cat = np.concatenate if self.backend == "numpy" else torch.cat
-        flagged = cat(positions)
-        if not len(flagged):
-            return 0
-        return self._process(flagged, cat(codes), t)
+                flags = changed_codes(x, stored, lane.eps, lane.rho)
+                changed = torch.nonzero(flags).view(-1)
+                if len(changed):
+                    yield changed + offset, codes_torch(x[changed], lane.eps, lane.rho)
 
     # ----- sparse pass: the exact state machine on the scalars whose code changed -----
-
-    def _lane_counts(self, positions: Any, mask: Any) -> np.ndarray:
-        """Per lane, how many of ``positions[mask]`` fall in it."""
-        chosen = _host(positions[mask])
-        lanes = np.searchsorted(self.starts, chosen, side="right") - 1
-        return np.bincount(lanes, minlength=len(self.lanes))
 
     def _process(self, positions: Any, code: Any, t: int) -> int:
         step = transition(self._state[positions], code, self.xp)
         self._state[positions] = step["state"]
+        lane_of = np.searchsorted(self.starts, _host(positions), side="right") - 1
+
+        def per_lane(mask: Any) -> np.ndarray:
+            return np.bincount(lane_of[_host(mask)], minlength=len(self.lanes))
+
         crossings = int(step["crossed"].sum())
         if crossings:
-            self.counts[:, 0] += self._lane_counts(positions, step["crossed"])
-            self.counts[:, 1] += self._lane_counts(positions, step["skip"])
+            self.counts[:, 0] += per_lane(step["crossed"])
+            self.counts[:, 1] += per_lane(step["skip"])
         hits = positions[step["new_hit"]]
         if len(hits):
-            self.counts[:, 2] += self._lane_counts(positions, step["new_hit"])
-            self.tau1.append(_host(hits), t)
+            self.counts[:, 2] += per_lane(step["new_hit"])
+            self._record_hits(_host(hits), t)
         if bool(step["k_inc"].any()):
-            self._increment_k(positions, step["k_inc"])
+            self._increment_k(positions[step["k_inc"]], lane_of[_host(step["k_inc"])])
         return crossings
 
-    def _increment_k(self, flagged: Any, k_inc: Any) -> None:
-        positions = flagged[k_inc]
+    def _record_hits(self, hits: np.ndarray, t: int) -> None:
+        """τ1 = t for ``hits`` (sorted group positions), into each lane's table."""
+        bounds = np.searchsorted(hits, [*self.starts, self.n])
+        for i, (first, last) in enumerate(itertools.pairwise(bounds.tolist())):
+            if last > first:
+                self.tau1[i].append(hits[first:last] - self.lanes[i].start, t)
+
+    def _increment_k(self, positions: Any, lanes: np.ndarray) -> None:
+        """K += 1 at ``positions`` (group positions, in lanes ``lanes``)."""
         k = self._k[positions]
-        self.counts[:, 3] += self._lane_counts(positions, k == 0)
-        self.counts[:, 4] += self._lane_counts(flagged, k_inc)
+        self.counts[:, 3] += np.bincount(lanes[_host(k == 0)], minlength=len(self.lanes))
+        self.counts[:, 4] += np.bincount(lanes, minlength=len(self.lanes))
         below = k < K_SATURATED
         self._k[positions[below]] = k[below] + 1
         at_top = k >= K_SATURATED - 1
@@ -349,10 +499,8 @@ class LeanGroup:
 
     def tau1_table(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(positions in lane ``i``, τ1) of its scalars that have hit the band, in time order."""
-        lane = self.lanes[i]
-        positions, times = self.tau1.all_positions(), self.tau1.all_times()
-        inside = (positions >= lane.start) & (positions < lane.stop)
-        return positions[inside] - lane.start, times[inside]
+        table = self.tau1[i]
+        return table.all_positions().astype(np.int64), table.all_times()
 
     def tau1_of(self, i: int) -> torch.Tensor:
         """τ1 of every scalar of lane ``i``, −1 where it has not happened (int32, CPU)."""
@@ -366,6 +514,17 @@ class LeanGroup:
         return {
             p - lane.start: k for p, k in self.k_overflow.items() if lane.start <= p < lane.stop
         }
+
+    def resident_tensors(self) -> list[torch.Tensor]:
+        indices = [lane.index for lane in self.lanes if lane.index is not None]
+        scratch = [] if self._scratch is None else [self._packed, *self._scratch.buffers]
+        return [self.state, self.k, *scratch, *indices]
+
+    def host_table_bytes(self) -> int:
+        return (
+            sum(table.nbytes() for table in self.tau1)
+            + len(self.k_overflow) * K_OVERFLOW_ENTRY_BYTES
+        )
 
     def lane_counts(self, i: int) -> dict[str, int]:
         return dict(zip(COUNT_KEYS, self.counts[i].tolist(), strict=True))

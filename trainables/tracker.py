@@ -16,9 +16,12 @@ Definitions (paper Section 3.1, Definitions 3.1/3.2; Theorem 3.6; Section 2.1; A
 * A zero crossing t → t+1 is *band-skipping* when |w_t| > ε and |w_{t+1}| > ε: it jumped over
   Bd(ε) in one step, which Assumption 3.3 rules out.
 
-Implementation: the per-scalar state machine and the dense/sparse passes that drive it live in
-:mod:`signlock.trainables._sign_kernel`; this module holds the public API, the statistics and
-the checkpoint format.
+Implementation: two bytes per tracked scalar (a state byte and a K byte, in tensors shaped like
+each tracked tensor) plus host tables sized by the events that happened; the layout, the
+dense pass that compares each weight in place with its stored code, and the exact state machine
+on the scalars whose code changed live in :mod:`signlock.trainables._lean_kernel`. This module
+holds the public API and the checkpoint format (version 2; version-1 checkpoints of the flat
+layout, :mod:`signlock.trainables.flat_tracker`, load too).
 
 ``flips.parquet`` schema (rows of :meth:`SignTracker.k_histogram`, sorted by tensor then k):
 
@@ -33,133 +36,84 @@ count    int64    number of tracked scalars of that tensor with K_T^eff(ρ) = k
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
-from signlock.trainables._sign_kernel import (
-    CANDIDATE_CHUNK_WORDS,
-    SPARSE_BACKENDS,
-    Group,
-    Segment,
-    SparseBackend,
-    resident_bytes_per_scalar,
+from signlock.trainables import _native_flag as native_flag
+from signlock.trainables._lean_kernel import (
+    CODE_CHUNK,
+    DENSE_BYTES_PER_SCALAR,
+    HIT,
+    INITIAL_NEGATIVE,
+    INSIDE_RHO,
+    K_OVERFLOW_ENTRY_BYTES,
+    K_SATURATED,
+    OUTSIDE_BAND,
+    PACKED_CHUNK,
+    PHASE_SHIFT,
+    TAU1_ENTRY_BYTES,
+    Lane,
+    LeanGroup,
+    Tau1Table,
+    compute_dtype,
+    inward_thresholds,
+)
+from signlock.trainables._tracker_base import (
+    POOLED,
+    TrackerStatistics,
+    sample_coordinates,
 )
 from signlock.trainables.errors import ConfigError
-from signlock.trainables.lockin_stats import zig_from_moments
-from signlock.trainables.schema import SUMMARY_INT_FIELDS, TRACKER_SUMMARY_FIELDS
 
-# The memory planner's view of the kernel's layout: per-scalar resident bytes of a tracked
-# tensor and how many flagged mask words one sparse step processes at once.
+# The memory planner's view of the layout (search_spaces/memory.py): bytes per tracked scalar
+# and per host-table entry, and how many scalars one dense comparison or numpy pass takes.
 __all__ = [
-    "CANDIDATE_CHUNK_WORDS",
+    "CODE_CHUNK",
+    "DENSE_BYTES_PER_SCALAR",
+    "K_OVERFLOW_ENTRY_BYTES",
+    "PACKED_CHUNK",
     "POOLED",
+    "TAU1_ENTRY_BYTES",
     "SignTracker",
-    "resident_bytes_per_scalar",
+    "compute_dtype",
+    "cpu_backend",
     "sample_coordinates",
 ]
 
-POOLED = "__pooled__"
-_STATE_VERSION = 1
-_STAT_COLUMNS = [
-    "tensor",
-    "n_tracked",
-    "flip_vs_init",
-    "flip_mean",
-    "zero_crossings",
-    "band_skipping_crossings",
-    "band_skipping_fraction",
-    "h_direct",
-    "h_hat",
-    "g_hat",
-    "k_mean",
-]
-# state_dict key -> per-scalar Group attribute (code: _sign_kernel.encode(phase, outer sign < 0))
-_STATE_FIELDS = {
-    "last_value": "cur",
-    "init_negative": "init_neg",
-    "code": "code",
-    "k": "k",
-    "tau1": "tau1",
-    "crossings": "crossings",
-    "band_skips": "band_skips",
-}
+BACKENDS = ("auto", "native", "numpy", "torch")
+CPU_BACKENDS = ("native", "numpy")
+LEAN_STATE_VERSION = 2
+FLAT_STATE_VERSION = 1
+_PER_TENSOR_STATE = (
+    "state",
+    "k",
+    "tau1_index",
+    "tau1_step",
+    "k_overflow_index",
+    "k_overflow_value",
+)
 
 
-def sample_coordinates(numel: int, m: int, generator: torch.Generator) -> torch.Tensor:
-    """Sorted int64 indices of ``min(m, numel)`` coordinates drawn uniformly without replacement.
-
-    Small populations use ``randperm``; large ones keep the first distinct values of an i.i.d.
-    uniform stream (also a uniform subset) so C.5-scale tensors need no numel-sized permutation.
-    """
-    m = min(m, numel)
-    if 4 * m > numel:
-        chosen = torch.randperm(numel, generator=generator)[:m]
-        return chosen.sort().values
-    picked = np.empty(0, dtype=np.int64)
-    while picked.size < m:
-        draw = torch.randint(numel, (2 * m,), generator=generator, dtype=torch.int64).numpy()
-        stream = np.concatenate([picked, draw])
-        _, first = np.unique(stream, return_index=True)
-        picked = stream[np.sort(first)][:m]
-    return torch.from_numpy(np.sort(picked))
+def cpu_backend() -> str:
+    """What ``backend="auto"`` runs on CPU tensors: the compiled dense pass where a C compiler
+    works, else numpy."""
+    return "native" if native_flag.load() is not None else "numpy"
 
 
-def _validate_config(rho: float, eps: float, sample_per_tensor: int | None) -> None:
-    if not (isinstance(eps, int | float) and math.isfinite(eps) and eps > 0):
-        raise ConfigError("tracker.eps", eps, "a finite number > 0")
-    if not (isinstance(rho, int | float) and math.isfinite(rho) and rho > eps):
-        raise ConfigError("tracker.rho", rho, f"a finite number > tracker.eps={eps} (ε < ρ)")
-    if sample_per_tensor is not None and (
-        isinstance(sample_per_tensor, bool)
-        or not isinstance(sample_per_tensor, int)
-        or sample_per_tensor < 1
-    ):
-        raise ConfigError("tracker.sample_per_tensor", sample_per_tensor, "an integer >= 1 or None")
-
-
-def _validate_params(named: list[tuple[str, torch.Tensor]]) -> None:
-    if not named:
-        raise ConfigError("tracker.named_params", named, "a non-empty list of (name, tensor)")
-    seen: set[str] = set()
-    for name, tensor in named:
-        if name in seen:
-            raise ConfigError("tracker.named_params", name, "unique tensor names")
-        seen.add(name)
-        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
-            raise ConfigError("tracker.named_params", name, "floating-point torch tensors only")
-        if tensor.numel() == 0:
-            raise ConfigError("tracker.named_params", name, "tensors with at least one element")
-
-
-def _validate_backend(backend: object, named: list[tuple[str, torch.Tensor]]) -> None:
-    if backend not in SPARSE_BACKENDS:
-        allowed = ", ".join(map(repr, SPARSE_BACKENDS))
-        raise ConfigError("tracker.backend", backend, f"one of {allowed}")
-    off_cpu = sorted({str(tensor.device) for _, tensor in named if tensor.device.type != "cpu"})
-    if backend == "numpy" and off_cpu:
-        where = ", ".join(off_cpu)
-        raise ConfigError("tracker.backend", backend, f"'auto' or 'torch' (tensors on {where})")
-
-
-class SignTracker:
+class SignTracker(TrackerStatistics):
     """Online tracker of sign lock-in statistics over a fixed list of named tensors.
 
     Call :meth:`observe` after every optimizer step; the tensors must be updated in place (as
     every ``torch.optim`` optimizer does). Read the statistics at log time with
     :meth:`window_stats`, :meth:`per_tensor_stats`, :meth:`k_histogram` or :meth:`summary`.
 
-    ``backend`` runs the per-step bookkeeping of the few flagged scalars on numpy views
-    (CPU tensors only) or in torch; ``"auto"`` picks numpy on CPU and torch elsewhere. Results
-    are identical either way; it is not part of the checkpoint.
-
-    ``fused`` runs the dense per-step passes as one compiled kernel (``torch.compile``) instead
-    of eager torch ops; ``None`` fuses the groups on CUDA, where the eager passes are bound by
-    memory traffic. Results are identical either way; it is not part of the checkpoint.
+    ``backend``: ``"numpy"`` compares codes and runs the state machine on numpy views (CPU
+    tensors only), ``"native"`` the same with the dense comparison compiled (needs a C
+    compiler), ``"torch"`` in torch; ``"auto"`` picks native on CPU where it compiles, else
+    numpy. Results are identical either way; it is not part of the checkpoint.
     """
 
     def __init__(
@@ -170,130 +124,78 @@ class SignTracker:
         eps: float = 1e-4,
         sample_per_tensor: int | None = None,
         sample_seed: int = 0,
-        backend: SparseBackend = "auto",
-        fused: bool | None = None,
+        backend: str = "auto",
     ) -> None:
         named = list(named_params)
-        _validate_config(rho, eps, sample_per_tensor)
-        _validate_params(named)
-        _validate_backend(backend, named)
-        if fused not in (None, True, False):
-            raise ConfigError("tracker.fused", fused, "true, false or null (fused on CUDA)")
-        self.fused = fused
-        self.rho = float(rho)
-        self.eps = float(eps)
-        self.sample_per_tensor = sample_per_tensor
-        self.sample_seed = sample_seed
+        self._start(named, rho, eps, sample_per_tensor, sample_seed)
+        if backend not in BACKENDS:
+            raise ConfigError("tracker.backend", backend, f"one of {', '.join(BACKENDS)}")
+        if backend in CPU_BACKENDS and any(tensor.device.type != "cpu" for _, tensor in named):
+            raise ConfigError("tracker.backend", backend, "'auto' or 'torch' (tensors off CPU)")
         self.backend = backend
-        self.tensor_names: list[str] = [name for name, _ in named]
-        self.steps = 0
-        self._window_steps = 0
-        self._window_crossings = 0
-        self._tensor_window_start = 0  # step of the previous tensor_window_stats() call
-        self._tensor_window_crossings: list[int] = []  # per tensor, at that call (empty: 0)
-        self._segments, self._groups = self._build(named)
-        self.n_tracked: int = sum(s.size for s in self._segments)
+        self._lanes, self._groups, self._where = self._build_lanes(named)
+        self.n_tracked = sum(lane.size for lane in self._lanes)
         with torch.no_grad():
             for group in self._groups:
                 group.record_initial()
 
-    def _build(self, named: list[tuple[str, torch.Tensor]]) -> tuple[list[Segment], list[Group]]:
+    def _build_lanes(
+        self, named: list[tuple[str, torch.Tensor]]
+    ) -> tuple[list[Lane], list[LeanGroup], list[tuple[int, int]]]:
         generator = torch.Generator(device="cpu").manual_seed(self.sample_seed)
-        group_of: dict[tuple[torch.device, torch.dtype], int] = {}
-        members_of: list[list[Segment]] = []
-        segments = []
+        members: dict[tuple[torch.device, torch.dtype], list[Lane]] = {}
+        lanes = []
         for name, tensor in named:
             index = None
             if self.sample_per_tensor is not None:
                 index = sample_coordinates(tensor.numel(), self.sample_per_tensor, generator)
                 index = index.to(tensor.device)
-            g = group_of.setdefault((tensor.device, tensor.dtype), len(members_of))
-            if g == len(members_of):
-                members_of.append([])
-            members = members_of[g]
-            start = members[-1].stop if members else 0
-            size = tensor.numel() if index is None else index.numel()
-            segment = Segment(name, tensor, g, len(members), start, size, index)
-            members.append(segment)
-            segments.append(segment)
+            backend = self._backend_for(tensor)
+            compared_in = tensor.dtype if backend == "torch" else compute_dtype(tensor.dtype)
+            eps_d, rho_d = inward_thresholds(self.rho, self.eps, compared_in)
+            lane = Lane(name, tensor, index, eps_d, rho_d)
+            members.setdefault((tensor.device, compute_dtype(tensor.dtype)), []).append(lane)
+            lanes.append(lane)
         groups = [
-            Group(members, self.rho, self.eps, self.backend, self._fuses(members[0].tensor))
-            for members in members_of
+            LeanGroup(group, self._backend_for(group[0].tensor)) for group in members.values()
         ]
-        return segments, groups
+        where = {
+            id(lane): (g, i) for g, group in enumerate(groups) for i, lane in enumerate(group.lanes)
+        }
+        return lanes, groups, [where[id(lane)] for lane in lanes]
 
-    def _fuses(self, tensor: torch.Tensor) -> bool:
-        return tensor.device.type == "cuda" if self.fused is None else self.fused
+    def _offset(self, g: int) -> int:
+        return sum(len(group.lanes) for group in self._groups[:g])
+
+    def _backend_for(self, tensor: torch.Tensor) -> str:
+        if self.backend != "auto":
+            return self.backend
+        return cpu_backend() if tensor.device.type == "cpu" else "torch"
 
     @torch.no_grad()
     def observe(self) -> None:
         """Record the next observation t = steps + 1 (call after each optimizer step)."""
         self.steps += 1
-        crossings = 0
-        for group in self._groups:
-            crossings += group.observe(self.steps)
+        crossings = sum(group.observe(self.steps) for group in self._groups)
         self._window_steps += 1
         self._window_crossings += crossings
 
-    # ----- statistics (log time) -----
+    # ----- statistics -----
 
     def _per_tensor_counts(self) -> list[dict[str, int]]:
-        """Integer counts per tracked tensor, in ``tensor_names`` order."""
-        per_group = [group.segment_counts() for group in self._groups]
-        keys = ["flips_init", "tau_hits", "k_positive", "k_sum", "crossings", "band_skips"]
         out = []
-        for s in self._segments:
-            counts = dict(zip(keys, per_group[s.group][s.local], strict=True))
-            out.append({"n": s.size, **counts})
-        return out
-
-    def _stats_row(self, name: str, c: dict[str, int]) -> dict[str, Any]:
-        n, steps = c["n"], self.steps
-        h_hat, g_hat = zig_from_moments(n, c["k_positive"], c["k_sum"])
-        crossings = c["crossings"]
-        return {
-            "tensor": name,
-            "n_tracked": n,
-            "flip_vs_init": c["flips_init"] / n,
-            "flip_mean": crossings / (n * steps) if steps else 0.0,
-            "zero_crossings": crossings,
-            "band_skipping_crossings": c["band_skips"],
-            "band_skipping_fraction": c["band_skips"] / crossings if crossings else math.nan,
-            "h_direct": c["tau_hits"] / n,
-            "h_hat": h_hat,
-            "g_hat": g_hat,
-            "k_mean": c["k_sum"] / n,
-        }
-
-    def per_tensor_stats(self) -> pd.DataFrame:
-        """One row per tracked tensor plus a ``__pooled__`` row (pooled over all scalars)."""
-        counts = self._per_tensor_counts()
-        pooled = {key: sum(c[key] for c in counts) for key in counts[0]}
-        rows = [self._stats_row(name, c) for name, c in zip(self.tensor_names, counts, strict=True)]
-        rows.append(self._stats_row(POOLED, pooled))
-        frame = pd.DataFrame(rows, columns=_STAT_COLUMNS)
-        int_columns = ["n_tracked", "zero_crossings", "band_skipping_crossings"]
-        return frame.astype(dict.fromkeys(int_columns, "int64"))
-
-    def summary(self) -> dict[str, Any]:
-        """Pooled statistics under the names of ``schema.TRACKER_SUMMARY_FIELDS`` plus ``steps``
-        (counts as ints, the rest as floats)."""
-        pooled = self.per_tensor_stats().iloc[-1]
-        out: dict[str, Any] = {}
-        for key in TRACKER_SUMMARY_FIELDS:
-            column = "flip_vs_init" if key == "final_flip_ratio" else key
-            out[key] = int(pooled[column]) if key in SUMMARY_INT_FIELDS else float(pooled[column])
-        out["steps"] = self.steps
+        for lane, (g, i) in zip(self._lanes, self._where, strict=True):
+            group = self._groups[g]
+            out.append(
+                {"n": lane.size, "flips_init": group.flips_vs_init(i), **group.lane_counts(i)}
+            )
         return out
 
     def window_stats(self) -> dict[str, float]:
-        """Pooled ``schema.TRACKER_WINDOW_METRICS``: ``flip_mean`` is cumulative (all crossings
-        so far / (N·t)); ``step_flip_rate`` covers the steps since the previous call (resets)."""
-        flips = hits = crossings_so_far = 0
-        for group in self._groups:
-            flips += int(((group.cur < 0) != group.init_neg).sum())
-            hits += int((group.tau1 >= 0).sum())
-            crossings_so_far += int(group.crossings.sum(dtype=torch.int64))
+        counts = self._per_tensor_counts()
+        flips = sum(c["flips_init"] for c in counts)
+        hits = sum(c["tau_hits"] for c in counts)
+        crossings_so_far = sum(c["crossings"] for c in counts)
         n_steps, crossings = self._window_steps, self._window_crossings
         self._window_steps = self._window_crossings = 0
         n = self.n_tracked
@@ -304,167 +206,175 @@ class SignTracker:
             "boundary_hit_fraction": hits / n,
         }
 
-    def tensor_window_stats(self) -> list[dict[str, Any]]:
-        """One row per tracked tensor (``schema.TENSOR_METRIC_COLUMNS`` but the step): its flip
-        ratio against initialisation, step flip rate since the previous call (resets), boundary
-        hit fraction and cumulative K mean."""
-        counts = self._per_tensor_counts()
-        baseline = self._tensor_window_crossings or [0] * len(counts)
-        steps = self.steps - self._tensor_window_start
-        rows = []
-        for name, c, before in zip(self.tensor_names, counts, baseline, strict=True):
-            n = c["n"]
-            rows.append(
-                {
-                    "tensor": name,
-                    "n_tracked": n,
-                    "flip_vs_init": c["flips_init"] / n,
-                    "step_flip_rate": (c["crossings"] - before) / (n * steps) if steps else 0.0,
-                    "boundary_hit_fraction": c["tau_hits"] / n,
-                    "k_mean": c["k_sum"] / n,
-                }
-            )
-        self._tensor_window_crossings = [c["crossings"] for c in counts]
-        self._tensor_window_start = self.steps
-        return rows
+    def _k_per_lane(self) -> list[torch.Tensor]:
+        return [self._groups[g].k_of(i) for g, i in self._where]
 
-    def k_histogram(self) -> pd.DataFrame:
-        """Histogram of K per tensor and pooled: columns tensor, k, count (``flips.parquet``)."""
-        names: list[str] = []
-        ks: list[np.ndarray] = []
-        counts: list[np.ndarray] = []
-        pooled = np.zeros(1, dtype=np.int64)
-        for name, k in zip(self.tensor_names, self._k_per_tensor(), strict=True):
-            hist = torch.bincount(k.long()).cpu().numpy()
-            if hist.size > pooled.size:
-                pooled = np.pad(pooled, (0, hist.size - pooled.size))
-            pooled[: hist.size] += hist
-            self._append_hist(names, ks, counts, name, hist)
-        self._append_hist(names, ks, counts, POOLED, pooled)
-        frame = pd.DataFrame(
-            {
-                "tensor": pd.Series(names, dtype=object),
-                "k": np.concatenate(ks).astype(np.int64),
-                "count": np.concatenate(counts).astype(np.int64),
-            }
-        )
-        return frame.sort_values(["tensor", "k"], kind="stable").reset_index(drop=True)
-
-    def _k_per_tensor(self) -> list[torch.Tensor]:
-        """K of every tracked scalar, one tensor per tracked tensor (on its group's device)."""
-        return [self._groups[s.group].k[s.start : s.stop] for s in self._segments]
-
-    @staticmethod
-    def _append_hist(
-        names: list[str],
-        ks: list[np.ndarray],
-        counts: list[np.ndarray],
-        name: str,
-        hist: np.ndarray,
-    ) -> None:
-        nonzero = np.flatnonzero(hist)
-        names.extend([name] * nonzero.size)
-        ks.append(nonzero)
-        counts.append(hist[nonzero])
-
-    def _flat(self, attr: str) -> torch.Tensor:
-        """Per-scalar state ``attr`` concatenated over tensors in ``tensor_names`` order (CPU)."""
-        parts = [
-            getattr(self._groups[s.group], attr)[s.start : s.stop].cpu() for s in self._segments
-        ]
-        return torch.cat(parts)
+    def _k_per_tensor(self) -> list[tuple[str, torch.Tensor]]:
+        return [(lane.name, k) for lane, k in zip(self._lanes, self._k_per_lane(), strict=True)]
 
     def k_values(self) -> torch.Tensor:
-        """K_T^eff(ρ) of every tracked scalar (int32, CPU, tensors in ``tensor_names`` order)."""
-        return self._flat("k")
+        """K_T^eff(ρ) of every tracked scalar (int64, CPU, tensors in ``tensor_names`` order)."""
+        return torch.cat(self._k_per_lane())
 
     def first_hit_times(self) -> torch.Tensor:
-        """τ1 of every tracked scalar, −1 where τ1 > T so far (int32, CPU)."""
-        return self._flat("tau1")
+        return torch.cat([self._groups[g].tau1_of(i) for g, i in self._where])
 
     def tracked_indices(self) -> list[torch.Tensor]:
-        """Per tensor, the flat coordinates tracked (all of them unless sampling; CPU int64)."""
-        return [torch.arange(s.size) if s.index is None else s.index.cpu() for s in self._segments]
+        return [
+            torch.arange(lane.size) if lane.index is None else lane.index.cpu()
+            for lane in self._lanes
+        ]
+
+    def resident_tensors(self) -> list[torch.Tensor]:
+        """The tensors this tracker allocated and keeps (state and K bytes, scratch, sampled
+        indices); its host tables are not tensors (``host_table_bytes``)."""
+        return [tensor for group in self._groups for tensor in group.resident_tensors()]
+
+    def host_table_bytes(self) -> int:
+        """Bytes of the host tables as they stand: τ1 entries and K ≥ 255 overflows."""
+        return sum(group.host_table_bytes() for group in self._groups)
 
     # ----- checkpointing -----
 
+    def _global_index(self, lane: Lane, positions: np.ndarray) -> torch.Tensor:
+        positions_t = torch.from_numpy(positions.astype(np.int64))
+        return positions_t if lane.index is None else lane.index.cpu()[positions_t]
+
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume: CPU tensors, ints and the list of tensor names (loadable
-        with ``torch.load(weights_only=True)``)."""
-        with torch.no_grad():
-            state: dict[str, Any] = {
-                "version": _STATE_VERSION,
-                "names": list(self.tensor_names),
-                "sizes": torch.tensor([s.size for s in self._segments], dtype=torch.int64),
-                "numels": torch.tensor([s.tensor.numel() for s in self._segments]),
-                "rho": torch.tensor(self.rho, dtype=torch.float64),
-                "eps": torch.tensor(self.eps, dtype=torch.float64),
-                "steps": self.steps,
-                "window_steps": self._window_steps,
-                "window_crossings": self._window_crossings,
-                "sampled": int(self.sample_per_tensor is not None),
-                "indices": torch.cat(self.tracked_indices()).to(torch.int64),
-            }
-            for key, attr in _STATE_FIELDS.items():
-                state[key] = self._flat(attr)
-            state["last_value"] = state["last_value"].to(torch.float64)
+        """Resume state (version 2): the per-tensor state/k bytes shaped like the tracked
+        tensors, the τ1 and K-overflow tables keyed by global flat index, the counters."""
+        state: dict[str, Any] = {
+            **self._state_header(LEAN_STATE_VERSION),
+            "indices": torch.cat(self.tracked_indices()).to(torch.int64),
+            "counts": torch.cat([torch.from_numpy(group.counts) for group in self._groups])[
+                [self._offset(g) + i for g, i in self._where]
+            ],
+        }
+        for key in _PER_TENSOR_STATE:
+            state[key] = []
+        for lane, (g, i) in zip(self._lanes, self._where, strict=True):
+            group = self._groups[g]
+            positions, times = group.tau1_table(i)
+            overflow = group.overflow_of(i)
+            state["state"].append(lane.state.cpu().clone())
+            state["k"].append(lane.k.cpu().clone())
+            state["tau1_index"].append(self._global_index(lane, positions))
+            state["tau1_step"].append(torch.from_numpy(times))
+            overflow_positions = np.array(sorted(overflow), dtype=np.int64)
+            state["k_overflow_index"].append(self._global_index(lane, overflow_positions))
+            state["k_overflow_value"].append(
+                torch.tensor([overflow[p] for p in overflow_positions.tolist()], dtype=torch.int64)
+            )
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` output into a tracker built over the same named tensors."""
-        self._check_compatible(state)
-        sizes = [s.size for s in self._segments]
-        with torch.no_grad():
-            indices = torch.split(state["indices"], sizes)
-            for s, index in zip(self._segments, indices, strict=True):
-                if s.index is not None:
-                    s.index = index.to(device=s.index.device, dtype=torch.int64)
-            for key, attr in _STATE_FIELDS.items():
-                self._scatter(attr, torch.split(state[key], sizes))
-            for group in self._groups:
-                group.reset_event_test()
-        self.steps = int(state["steps"])
-        self._window_steps = int(state["window_steps"])
-        self._window_crossings = int(state["window_crossings"])
-        # Checkpoints are taken right after a logged row: the per-tensor window starts here.
-        self._tensor_window_crossings = [c["crossings"] for c in self._per_tensor_counts()]
-        self._tensor_window_start = self.steps
-
-    def _scatter(self, attr: str, parts: tuple[torch.Tensor, ...]) -> None:
-        for s, part in zip(self._segments, parts, strict=True):
-            target = getattr(self._groups[s.group], attr)
-            target[s.start : s.stop] = part.to(device=target.device, dtype=target.dtype)
-
-    def _check_compatible(self, state: dict[str, Any]) -> None:
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"unsupported SignTracker state version {state.get('version')!r}")
+        """Restore a checkpoint of this layout (version 2) or of the flat one (version 1)."""
+        version = state.get("version")
+        if version not in (FLAT_STATE_VERSION, LEAN_STATE_VERSION):
+            raise ValueError(f"unsupported SignTracker state version {version!r}")
         self._check_same_tracker(state)
-        for key in _STATE_FIELDS:
-            if key not in state or state[key].numel() != self.n_tracked:
-                raise ValueError(f"SignTracker state lacks {key!r} for {self.n_tracked} scalars")
+        sizes = [lane.size for lane in self._lanes]
+        for lane, index in zip(self._lanes, torch.split(state["indices"], sizes), strict=True):
+            if lane.index is not None:
+                lane.index = index.to(device=lane.index.device, dtype=torch.int64)
+        per_lane = _per_lane_from_flat(state, sizes, self) if version == 1 else _per_lane(state)
+        with torch.no_grad():
+            for group in self._groups:
+                group.tau1 = [Tau1Table(lane.size) for lane in group.lanes]
+                group.k_overflow = {}
+                group.counts[:] = 0
+            for lane, where, parts in zip(self._lanes, self._where, per_lane, strict=True):
+                self._restore_lane(lane, *where, parts)
+        self._restore_counters(state)
 
-    def _tracked_parts(self) -> list[Any]:
-        """One object per tracked tensor with its ``size`` (scalars tracked) and ``tensor``."""
-        return self._segments
+    def _restore_lane(self, lane: Lane, g: int, i: int, parts: dict[str, Any]) -> None:
+        group = self._groups[g]
+        if parts["state"].numel() != lane.size:
+            raise ValueError(f"SignTracker state lacks the state of {lane.name!r}")
+        lane.state.copy_(parts["state"].reshape(lane.state.shape).to(lane.state.device))
+        lane.k.copy_(parts["k"].reshape(lane.k.shape).to(lane.k.device))
+        positions = self._positions(lane, parts["tau1_index"])
+        group.tau1[i].extend(positions, parts["tau1_step"].numpy())
+        overflow = (self._positions(lane, parts["k_overflow_index"]) + lane.start).tolist()
+        group.k_overflow.update(zip(overflow, parts["k_overflow_value"].tolist(), strict=True))
+        group.counts[i] = parts["counts"].numpy()
 
-    def _check_same_tracker(self, state: dict[str, Any]) -> None:
-        """The state tracks the same tensors, sizes, sampling mode and thresholds."""
-        if list(state["names"]) != self.tensor_names:
-            raise ValueError(
-                f"SignTracker state tracks tensors {list(state['names'])}, "
-                f"this tracker tracks {self.tensor_names}"
-            )
-        sizes = [part.size for part in self._tracked_parts()]
-        numels = [part.tensor.numel() for part in self._tracked_parts()]
-        if state["sizes"].tolist() != sizes or state["numels"].tolist() != numels:
-            raise ValueError(
-                f"SignTracker state sizes {state['sizes'].tolist()} / numels "
-                f"{state['numels'].tolist()} differ from this tracker's {sizes} / {numels}"
-            )
-        if bool(state["sampled"]) != (self.sample_per_tensor is not None):
-            raise ValueError("SignTracker state and this tracker differ in sampling mode")
-        if (float(state["rho"]), float(state["eps"])) != (self.rho, self.eps):
-            raise ValueError(
-                f"SignTracker state has rho={float(state['rho'])}, eps={float(state['eps'])}; "
-                f"this tracker has rho={self.rho}, eps={self.eps}"
-            )
+    @staticmethod
+    def _positions(lane: Lane, global_index: torch.Tensor) -> np.ndarray:
+        index = global_index.to(torch.int64)
+        if lane.index is not None:
+            index = torch.searchsorted(lane.index.cpu(), index)
+        return index.numpy()
+
+    def _sizes_and_numels(self) -> tuple[list[int], list[int]]:
+        return [lane.size for lane in self._lanes], [lane.tensor.numel() for lane in self._lanes]
+
+
+def _per_lane(state: dict[str, Any]) -> list[dict[str, Any]]:
+    n = len(state["names"])
+    for key in _PER_TENSOR_STATE:
+        if len(state.get(key, ())) != n:
+            raise ValueError(f"SignTracker state lacks {key!r} for {n} tensors")
+    return [
+        {**{key: state[key][j] for key in _PER_TENSOR_STATE}, "counts": state["counts"][j]}
+        for j in range(n)
+    ]
+
+
+_FLAT_FIELDS = ("last_value", "init_negative", "code", "k", "tau1", "crossings", "band_skips")
+
+
+def _per_lane_from_flat(
+    state: dict[str, Any], sizes: list[int], tracker: SignTracker
+) -> list[dict[str, Any]]:
+    """A flat-layout (version 1) checkpoint as per-tensor lean state. Its per-scalar
+    ``code`` is phase + 3·[outer sign < 0]; ``last_value`` the last observation (exact, float64)."""
+    n_tracked = sum(sizes)
+    for key in _FLAT_FIELDS:
+        if key not in state or state[key].numel() != n_tracked:
+            raise ValueError(f"SignTracker state lacks {key!r} for {n_tracked} scalars")
+    split = {key: torch.split(state[key], sizes) for key in _FLAT_FIELDS}
+    out = []
+    for j, lane in enumerate(tracker._lanes):
+        last = split["last_value"][j].to(torch.float64)
+        magnitude = last.abs()
+        code = (
+            (last < 0).to(torch.uint8)
+            | ((magnitude > tracker.eps).to(torch.uint8) * OUTSIDE_BAND)
+            | ((magnitude < tracker.rho).to(torch.uint8) * INSIDE_RHO)
+        )
+        old_code = split["code"][j].to(torch.int64)
+        phase, outer_negative = old_code % 3, old_code // 3
+        tau1 = split["tau1"][j].to(torch.int64)
+        k = split["k"][j].to(torch.int64)
+        lean_state = (
+            code.to(torch.int64)
+            | (phase << PHASE_SHIFT)
+            | (outer_negative << 5)
+            | (split["init_negative"][j].to(torch.int64) * INITIAL_NEGATIVE)
+            | ((tau1 >= 0).to(torch.int64) * HIT)
+        ).to(torch.uint8)
+        hit = torch.nonzero(tau1 >= 0).view(-1)
+        hit = hit[torch.argsort(tau1[hit], stable=True)]
+        over = torch.nonzero(k >= K_SATURATED).view(-1)
+        index = lane.index.cpu() if lane.index is not None else None
+        out.append(
+            {
+                "state": lean_state,
+                "k": k.clamp(max=K_SATURATED).to(torch.uint8),
+                "tau1_index": hit if index is None else index[hit],
+                "tau1_step": tau1[hit].to(torch.int32),
+                "k_overflow_index": over if index is None else index[over],
+                "k_overflow_value": k[over],
+                "counts": torch.tensor(
+                    [
+                        int(split["crossings"][j].sum()),
+                        int(split["band_skips"][j].sum()),
+                        int((tau1 >= 0).sum()),
+                        int((k > 0).sum()),
+                        int(k.sum()),
+                    ]
+                ),
+            }
+        )
+    return out

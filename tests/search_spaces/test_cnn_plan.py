@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from torch.distributed._tools.mem_tracker import MemTracker
 
 from signlock.search_spaces.memory import estimate_memory
@@ -57,9 +56,7 @@ def measured_peak(cfg, tmp_path) -> int:
     peak = next(iter(memory.get_tracker_snapshot("peak").values()))["Total"]
     buffers = {
         value.untyped_storage().data_ptr(): value.untyped_storage().nbytes()
-        for part in [*trial.tracker._groups, *trial.tracker._segments]
-        for value in vars(part).values()
-        if isinstance(value, torch.Tensor)
+        for value in trial.tracker.resident_tensors()
     }
     weights = {p.untyped_storage().data_ptr() for p in trial.model.parameters()}
     return int(peak + sum(n for pointer, n in buffers.items() if pointer not in weights))

@@ -1,4 +1,5 @@
-"""SignTracker against a slow reference written line by line from Definition 3.2 / Theorem 3.6.
+"""FlatSignTracker (the flat layout) against a slow reference written line by line from
+Definition 3.2 / Theorem 3.6.
 
 Trajectories are written into real tensors and the tracker observes them after every "step";
 the reference reads back the values the tensors actually stored (after rounding to their dtype).
@@ -20,7 +21,8 @@ from hypothesis import strategies as st
 
 from signlock.trainables._sign_kernel import Phase, encode
 from signlock.trainables.errors import ConfigError
-from signlock.trainables.tracker import POOLED, SignTracker, sample_coordinates
+from signlock.trainables.flat_tracker import FlatSignTracker
+from signlock.trainables.tracker import POOLED, sample_coordinates
 
 INF = math.inf
 # the paper's; an exactly representable pair; a pair whose float32 roundings lie outside [ε, ρ]
@@ -129,12 +131,12 @@ def stored(tensor: torch.Tensor) -> list[float]:
 
 @dataclass
 class Run:
-    tracker: SignTracker
+    tracker: FlatSignTracker
     tensors: list[torch.Tensor]
     history: list[list[list[float]]]  # [tensor][t] -> stored flat values
 
 
-def start_run(shapes, dtypes, trajectories, tracker=SignTracker, **kwargs) -> Run:
+def start_run(shapes, dtypes, trajectories, tracker=FlatSignTracker, **kwargs) -> Run:
     tensors = [
         torch.nn.Parameter(torch.zeros(s, dtype=d)) for s, d in zip(shapes, dtypes, strict=True)
     ]
@@ -216,7 +218,7 @@ def assert_matches_reference(run: Run, rho: float, eps: float) -> None:
 
 
 @st.composite
-def scenarios(draw, max_steps: int = 60):
+def scenarios(draw, max_steps: int = 60, backends: tuple[str, ...] = ("numpy", "torch")):
     n_tensors = draw(st.integers(1, 4))
     return {
         "shapes": [draw(st.sampled_from(SHAPES)) for _ in range(n_tensors)],
@@ -224,7 +226,7 @@ def scenarios(draw, max_steps: int = 60):
         "steps": draw(st.integers(0, max_steps)),
         "seed": draw(st.integers(0, 2**32 - 1)),
         "thresholds": draw(st.sampled_from(THRESHOLDS)),
-        "backend": draw(st.sampled_from(["numpy", "torch"])),
+        "backend": draw(st.sampled_from(backends)),
         "fused": draw(st.booleans()),  # the compiled dense pass (CUDA's default) or eager ops
     }
 
@@ -437,7 +439,7 @@ def test_tables_schema_and_pooled_rows():
 
 
 def test_before_any_step():
-    tracker = SignTracker([("w", torch.tensor([2e-3, 5e-5, -0.0]))])
+    tracker = FlatSignTracker([("w", torch.tensor([2e-3, 5e-5, -0.0]))])
     assert tracker.steps == 0
     assert tracker.summary()["flip_mean"] == 0.0
     assert math.isnan(tracker.summary()["band_skipping_fraction"])
@@ -457,7 +459,7 @@ def test_non_contiguous_and_plain_tensors():
     view = base.t()  # non-contiguous, updated in place through ``base``
     plain = torch.zeros(5)
     rng = np.random.default_rng(0)
-    tracker = SignTracker([("view", view), ("plain", plain)])
+    tracker = FlatSignTracker([("view", view), ("plain", plain)])
     history = [stored(view) + stored(plain)]
     for _ in range(30):
         base.copy_(torch.from_numpy(rng.normal(0, 2e-3, (4, 3))))
@@ -474,23 +476,23 @@ def test_non_contiguous_and_plain_tensors():
 
 def test_replaced_tensor_is_detected():
     p = torch.nn.Parameter(torch.zeros(3))
-    tracker = SignTracker([("p", p)])
+    tracker = FlatSignTracker([("p", p)])
     p.data = torch.ones(3)
     with pytest.raises(RuntimeError, match="replaced"):
         tracker.observe()
 
 
-def run_on(device: str, shapes, dtypes, trajectories, steps: int, **kwargs) -> SignTracker:
+def run_on(device: str, shapes, dtypes, trajectories, steps: int, **kwargs) -> FlatSignTracker:
     tensors = [torch.zeros(s, device=device, dtype=d) for s, d in zip(shapes, dtypes, strict=True)]
     write(tensors, trajectories, 0)
-    tracker = SignTracker([(f"t{i}", p) for i, p in enumerate(tensors)], **kwargs)
+    tracker = FlatSignTracker([(f"t{i}", p) for i, p in enumerate(tensors)], **kwargs)
     for t in range(1, steps + 1):
         write(tensors, trajectories, t)
         tracker.observe()
     return tracker
 
 
-def assert_same_state(a: SignTracker, b: SignTracker) -> None:
+def assert_same_state(a: FlatSignTracker, b: FlatSignTracker) -> None:
     """Every per-scalar field of the checkpoint (K, τ1, crossings, band skips, phase codes, last
     values, initial signs) bit for bit, and the tables built from them."""
     state_a, state_b = a.state_dict(), b.state_dict()
@@ -568,9 +570,9 @@ def test_candidates_processed_in_small_chunks_match_the_reference(monkeypatch, f
 
 def test_sample_is_deterministic_per_seed():
     tensors = [("a", torch.zeros(50, 40)), ("b", torch.zeros(7)), ("c", torch.zeros(3000))]
-    first = SignTracker(tensors, sample_per_tensor=16, sample_seed=4).tracked_indices()
-    again = SignTracker(tensors, sample_per_tensor=16, sample_seed=4).tracked_indices()
-    other = SignTracker(tensors, sample_per_tensor=16, sample_seed=5).tracked_indices()
+    first = FlatSignTracker(tensors, sample_per_tensor=16, sample_seed=4).tracked_indices()
+    again = FlatSignTracker(tensors, sample_per_tensor=16, sample_seed=4).tracked_indices()
+    other = FlatSignTracker(tensors, sample_per_tensor=16, sample_seed=5).tracked_indices()
     assert all(torch.equal(x, y) for x, y in zip(first, again, strict=True))
     assert not torch.equal(first[0], other[0])
     for index, (_, tensor) in zip(first, tensors, strict=True):
@@ -610,13 +612,13 @@ def test_sample_coordinates_are_uniform(numel, m):
 )
 def test_invalid_config_raises(kwargs, field):
     with pytest.raises(ConfigError) as info:
-        SignTracker([("w", torch.zeros(3))], **kwargs)
+        FlatSignTracker([("w", torch.zeros(3))], **kwargs)
     assert info.value.field == field
 
 
 @pytest.mark.parametrize(("backend", "xp"), [("auto", np), ("numpy", np), ("torch", torch)])
 def test_backend_reaches_the_groups(backend, xp):
-    tracker = SignTracker(
+    tracker = FlatSignTracker(
         [("w", torch.zeros(3)), ("d", torch.zeros(2, dtype=torch.float64))], backend=backend
     )
     assert tracker.backend == backend
@@ -625,7 +627,7 @@ def test_backend_reaches_the_groups(backend, xp):
 
 def test_numpy_backend_needs_cpu_tensors():
     with pytest.raises(ConfigError) as info:
-        SignTracker([("w", torch.zeros(3, device="meta"))], backend="numpy")
+        FlatSignTracker([("w", torch.zeros(3, device="meta"))], backend="numpy")
     assert info.value.field == "tracker.backend"
 
 
@@ -641,20 +643,22 @@ def test_numpy_backend_needs_cpu_tensors():
 )
 def test_invalid_params_raise(named):
     with pytest.raises(ConfigError):
-        SignTracker(named)
+        FlatSignTracker(named)
 
 
 def test_load_state_dict_rejects_a_different_tracker():
-    tracker = SignTracker([("a", torch.zeros(3)), ("b", torch.zeros(2))])
+    tracker = FlatSignTracker([("a", torch.zeros(3)), ("b", torch.zeros(2))])
     state = tracker.state_dict()
     with pytest.raises(ValueError, match="tracks tensors"):
-        SignTracker([("a", torch.zeros(3)), ("c", torch.zeros(2))]).load_state_dict(state)
+        FlatSignTracker([("a", torch.zeros(3)), ("c", torch.zeros(2))]).load_state_dict(state)
     with pytest.raises(ValueError, match="sizes"):
-        SignTracker([("a", torch.zeros(3)), ("b", torch.zeros(4))]).load_state_dict(state)
+        FlatSignTracker([("a", torch.zeros(3)), ("b", torch.zeros(4))]).load_state_dict(state)
     with pytest.raises(ValueError, match="rho"):
-        SignTracker([("a", torch.zeros(3)), ("b", torch.zeros(2))], rho=2e-3).load_state_dict(state)
+        FlatSignTracker([("a", torch.zeros(3)), ("b", torch.zeros(2))], rho=2e-3).load_state_dict(
+            state
+        )
     with pytest.raises(ValueError, match="sampling"):
-        SignTracker(
+        FlatSignTracker(
             [("a", torch.zeros(3)), ("b", torch.zeros(2))], sample_per_tensor=5
         ).load_state_dict(state)
 
@@ -662,7 +666,7 @@ def test_load_state_dict_rejects_a_different_tracker():
 def test_state_dict_codes_are_phase_and_outer_sign():
     """The checkpoint's ``code`` is phase + 3·[outer sign < 0]; a format change breaks resumes."""
     w = torch.tensor([2 * RHO2, -2 * RHO2, EPS2 / 2, 2 * RHO2])
-    tracker = SignTracker([("w", w)], rho=RHO2, eps=EPS2)
+    tracker = FlatSignTracker([("w", w)], rho=RHO2, eps=EPS2)
     assert tracker.state_dict()["code"].tolist() == [1, 4, 0, 1]
     w.copy_(torch.tensor([EPS2 / 2, -EPS2, -2 * RHO2, 2 * RHO2]))
     tracker.observe()
@@ -676,7 +680,7 @@ def test_state_dict_codes_are_phase_and_outer_sign():
 
 
 def test_state_dict_holds_only_tensors_ints_and_names():
-    state = SignTracker(
+    state = FlatSignTracker(
         [("a", torch.zeros(3)), ("b", torch.zeros(2, 2))], sample_per_tensor=2
     ).state_dict()
     for key, value in state.items():

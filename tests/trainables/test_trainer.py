@@ -238,7 +238,8 @@ def test_scale_debug_trains_and_resumes_on_cuda(tmp_path, seeded_cache):
         run_trial(cfg, tmp_path / "run", progress=False, reporter=crash_after_checkpoint(10))
     trial = Trial(cfg, tmp_path / "run", progress=False)
     assert trial.model.blocks[0].ln1.weight.dtype == torch.float32
-    assert trial.tracker._groups[0].device.type == "cuda" and trial.tracker._groups[0].fused
+    group = trial.tracker._groups[0]
+    assert group.device.type == "cuda" and group.backend == "torch"
     restored = trial.restore()
     assert restored is not None and restored.step == 10
     summary = trial.run()
