@@ -163,3 +163,14 @@ def test_the_compression_block_runs_as_written(tmp_path):
     probes = tmp_path / "signlock-runs" / "probes"
     assert (probes / "compression-smoke" / "codecs.csv").is_file()
     assert (probes / "my-model" / "svd_error.csv").is_file()
+
+
+def test_the_full_tracking_plan_example_fits_the_12_9b_model_on_141_gb(tmp_path):
+    shown = re.search(r"\(`(signlock plan scale --set tracker\.sample_per_tensor=null)`", README)
+    assert shown, "the full-tracking plan example moved; update this test"
+    result = signlock(shown.group(1), tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    largest = result.stdout.split(" per trial (")[-1]  # the last memory plan: scale-12.9b's
+    assert "scale-12.9b (" in result.stdout.split(" per trial (")[-2].splitlines()[-1]
+    assert "sign tracker: 12,885,696,512 scalars, 24.00 GiB on a GPU" in largest
+    assert "fits GPUs of: 141 GB\n" in largest
