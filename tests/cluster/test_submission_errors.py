@@ -19,7 +19,7 @@ def test_a_trial_too_large_for_the_gpu_is_refused_by_plan_and_sweep(tmp_path):
     assert "fits GPUs of: 141 GB" in planned.stdout  # the plan is still printed
     swept = run_cli("sweep", "scale", "--gpu-memory", "80GB", cwd=tmp_path)
     line = one_line_error(swept)
-    assert swept.returncode == 2 and "--gpu-memory" in line and "72.55 GiB" in line
+    assert swept.returncode == 2 and "--gpu-memory" in line and "72.50 GiB" in line
     assert nothing_created(tmp_path)
     fits = run_cli("plan", "scale", "--gpu-memory", "141GB", cwd=tmp_path)
     assert fits.returncode == 0, fits.stderr
