@@ -16,15 +16,18 @@ Counted on the ``meta`` device from the trial config, per component:
   per tracked scalar (state and K) plus the int64 index of each sampled one, and the temporaries
   of the worst observation (every scalar's code changes), bounded by the chunk compared at once.
   On a GPU (torch backend, each tensor compared in place) those are measured per scalar with
-  torch's profiler; on a CPU (numpy backend) add each dtype group's packing scratch, and the
-  numpy temporaries measured with ``tracemalloc``. The profiler (``profile_memory``) records
-  each op's own CPU allocations less its frees; their running sum in the order the ops started
-  is the live memory at op granularity, and its maximum the peak. The tracker's host tables (τ1
-  entries, K ≥ 255) grow with the events that happen; the plan states their worst case;
+  torch's profiler; on a CPU (the compiled dense pass, or numpy without a C compiler) add each
+  dtype group's fixed scratch, and the numpy temporaries measured with ``tracemalloc``. The
+  profiler (``profile_memory``) records each op's own CPU allocations less its frees; their
+  running sum in the order the ops started is the live memory at op granularity, and its
+  maximum the peak. The tracker's host tables (τ1 entries, K ≥ 255) grow with the events that
+  happen; the plan states their worst case;
 - on a GPU, ``CUDA_WORKSPACE_BYTES`` of cuBLAS/cuBLASLt workspaces the caching allocator holds.
 
-The peak is the sum of weights, gradients, the optimizer state the trial will use, its
-activations (checkpointed if it checkpoints), the tracker and, on a GPU, the workspaces.
+The peak is the sum of weights, gradients, the optimizer state the trial will use, the tracker's
+resident bytes, the larger of its activations (checkpointed if it checkpoints) and the tracker's
+observation temporaries (it observes after the backward pass has freed the activations) and, on
+a GPU, the workspaces.
 Evaluation runs without gradients at ``eval_batch_size`` and is not the peak. ``peak`` is the GPU
 figure (what ``--gpu-memory`` checks); ``cpu_peak`` the same trial on a CPU. A trial fits a GPU
 when the peak is at most ``USABLE_FRACTION`` of the GPU's memory (the rest: CUDA context,
