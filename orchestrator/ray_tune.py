@@ -26,12 +26,14 @@ import os
 import socket
 import stat
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
 from ray import tune
 from tqdm.auto import tqdm
 
@@ -345,14 +347,27 @@ def _search_space(spec: SweepSpec) -> dict[str, Any]:
     return space
 
 
+class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
+    """NSGA-II that survives pickling: Tune pickles the searcher into `tuner.pkl` and into its
+    searcher checkpoints, and Optuna 5.1's genetic samplers hold a `threading.Lock`."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_thread_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
+
+
 def _searcher(spec: SweepSpec, objectives: tuple[str, ...]) -> Any:
     """Optuna's NSGA-II over the objectives (all minimised), seeded by the spec's first seed."""
     if spec.search != "optuna":
         return None
-    import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    sampler = optuna.samplers.NSGAIISampler(seed=spec.seeds[0])
+    sampler = PicklableNSGAIISampler(seed=spec.seeds[0])
     return OptunaSearch(metric=list(objectives), mode=["min"] * len(objectives), sampler=sampler)
 
 

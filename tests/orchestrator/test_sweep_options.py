@@ -35,3 +35,26 @@ def test_object_store_storage_is_refused_with_the_reason():
     with pytest.raises(ConfigError, match=r"--storage.*object stores"):
         storage_path("s3://bucket/sweeps")
     assert storage_path("file:///tmp/sweeps").as_posix() == "/tmp/sweeps"
+
+
+def test_the_optuna_searcher_survives_the_pickling_tune_does():
+    """Tune pickles the searcher into tuner.pkl; Optuna 5.1's NSGA-II holds a threading.Lock."""
+    import pickle
+
+    import optuna
+
+    from signlock.orchestrator.ray_tune import PicklableNSGAIISampler
+
+    def suggestions(sampler: optuna.samplers.BaseSampler) -> list[float]:
+        study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+        values = []
+        for _ in range(3):
+            trial = study.ask()
+            x = trial.suggest_float("x", 0.0, 1.0)
+            study.tell(trial, [x, 1.0 - x])
+            values.append(x)
+        return values
+
+    sampler = PicklableNSGAIISampler(seed=3)
+    restored = pickle.loads(pickle.dumps(sampler))
+    assert suggestions(restored) == suggestions(PicklableNSGAIISampler(seed=3))
