@@ -114,6 +114,10 @@ class SignTracker(TrackerStatistics):
     tensors only), ``"native"`` the same with the dense comparison compiled (needs a C
     compiler), ``"torch"`` in torch; ``"auto"`` picks native on CPU where it compiles, else
     numpy. Results are identical either way; it is not part of the checkpoint.
+
+    ``indices``: with ``sample_per_tensor``, the sorted flat coordinates to track in each
+    tensor instead of drawing them (a shard's part of the global draw,
+    :mod:`signlock.trainables.sharded_tracker`).
     """
 
     def __init__(
@@ -125,9 +129,14 @@ class SignTracker(TrackerStatistics):
         sample_per_tensor: int | None = None,
         sample_seed: int = 0,
         backend: str = "auto",
+        indices: list[torch.Tensor] | None = None,
     ) -> None:
         named = list(named_params)
         self._start(named, rho, eps, sample_per_tensor, sample_seed)
+        if indices is not None and (sample_per_tensor is None or len(indices) != len(named)):
+            allowed = "one index tensor per sampled tensor"
+            raise ConfigError("tracker.indices", len(indices), allowed)
+        self._given_indices = indices
         if backend not in BACKENDS:
             raise ConfigError("tracker.backend", backend, f"one of {', '.join(BACKENDS)}")
         if backend in CPU_BACKENDS and any(tensor.device.type != "cpu" for _, tensor in named):
@@ -145,9 +154,11 @@ class SignTracker(TrackerStatistics):
         generator = torch.Generator(device="cpu").manual_seed(self.sample_seed)
         members: dict[tuple[torch.device, torch.dtype], list[Lane]] = {}
         lanes = []
-        for name, tensor in named:
+        for j, (name, tensor) in enumerate(named):
             index = None
-            if self.sample_per_tensor is not None:
+            if self._given_indices is not None:
+                index = self._given_indices[j].to(device=tensor.device, dtype=torch.int64)
+            elif self.sample_per_tensor is not None:
                 index = sample_coordinates(tensor.numel(), self.sample_per_tensor, generator)
                 index = index.to(tensor.device)
             backend = self._backend_for(tensor)
