@@ -82,15 +82,25 @@ def template_from_factors(g_factor: torch.Tensor, h_factor: torch.Tensor) -> tor
     return torch.where(product >= 0, 1, -1).to(torch.int8)
 
 
+def log_barrier_terms(weight: torch.Tensor, a_init: float, eps_lb: float) -> torch.Tensor:
+    """log max{1, a/(|W_ij| + ε_lb)} per entry (Section 4), in fp32."""
+    ratio = a_init / (weight.float().abs() + eps_lb)
+    return torch.log(torch.clamp_min(ratio, 1.0))
+
+
 def log_barrier(weight: torch.Tensor, a_init: float, eps_lb: float) -> torch.Tensor:
     """R_LB(W; a, ε_lb) = (1/mn) Σ log max{1, a/(|W_ij| + ε_lb)} (Section 4), computed in fp32."""
-    ratio = a_init / (weight.float().abs() + eps_lb)
-    return torch.log(torch.clamp_min(ratio, 1.0)).mean()
+    return log_barrier_terms(weight, a_init, eps_lb).mean()
+
+
+def inward_l1_terms(weight: torch.Tensor, rho_f: float) -> torch.Tensor:
+    """min{|W_ij|, ρ_f} per entry (D.6.2), in fp32."""
+    return torch.clamp_max(weight.float().abs(), rho_f)
 
 
 def inward_l1(weight: torch.Tensor, rho_f: float) -> torch.Tensor:
     """R_ID(W; ρ_f) = (1/mn) Σ min{|W_ij|, ρ_f} (D.6.2), computed in fp32."""
-    return torch.clamp_max(weight.float().abs(), rho_f).mean()
+    return inward_l1_terms(weight, rho_f).mean()
 
 
 @torch.no_grad()
@@ -172,18 +182,39 @@ class Interventions:
         lam_t = barrier_weight(step, self.cfg.steps, reg.lam, reg.hold_fraction)
         terms: list[torch.Tensor] = []
         if lam_t > 0 and self.a_init > 0:
-            barrier = sum(log_barrier(p, self.a_init, reg.eps_lb) for _, p in self.reg_targets)
+            barrier = sum(
+                self._layer_mean(log_barrier_terms(self._values(p), self.a_init, reg.eps_lb), p)
+                for _, p in self.reg_targets
+            )
             terms.append(lam_t * barrier)
         if reg.lam_float > 0:
-            attraction = sum(inward_l1(p, reg.rho_f) for _, p in self.reg_targets)
+            attraction = sum(
+                self._layer_mean(inward_l1_terms(self._values(p), reg.rho_f), p)
+                for _, p in self.reg_targets
+            )
             terms.append(reg.lam_float * attraction)
         if not terms:
             return None, lam_t
         return sum(terms), lam_t
 
+    def _values(self, param: torch.Tensor) -> torch.Tensor:
+        """The entries of ``param`` this process holds (a sharded trial's local shard)."""
+        return param
+
+    def _layer_mean(self, terms: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+        """(1/mn) Σ over the layer of per-entry ``terms`` of ``param``."""
+        return terms.mean()
+
+    def _template_of(self, name: str) -> torch.Tensor:
+        return self.templates[name]
+
     def project(self) -> int:
-        """Apply the hard projection (E.3.2) to every templated layer; entries changed."""
+        """Apply the hard projection (E.3.2) to every templated layer; entries changed (on this
+        process's entries)."""
         if not self.cfg.regularizer.projection:
             return 0
         params = dict(self.init_targets)
-        return sum(project_to_template_(params[name], t) for name, t in self.templates.items())
+        return sum(
+            project_to_template_(self._values(params[name]), self._template_of(name))
+            for name in self.templates
+        )

@@ -144,6 +144,7 @@ class Trial:
         self.model = build_model(cfg.model, vocab_size=self.task.vocab_size, device=self.device)
         self.interventions = Interventions(cfg, self.model)
         self.interventions.initialize(cfg.seed)
+        self._after_initialization()
         self.optimizer, self.optimizer_name = _make_optimizer(cfg, self.model, self.device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, LRMultiplier.from_config(cfg.schedule, cfg.steps)
@@ -158,6 +159,25 @@ class Trial:
         self.window = _Window()
         self.autocast = self._autocast_context()
         self.restored: Restored | None = None
+
+    def _after_initialization(self) -> None:
+        """Called once the weights hold their initial values, before the optimizer is built (a
+        sharded trial shards the model here)."""
+
+    @property
+    def writes_outputs(self) -> bool:
+        """Whether this process writes the run directory (one rank of a sharded trial does)."""
+        return True
+
+    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.task.train_batch(self.data_generator)
+
+    def _mean_over_ranks(self, value: float) -> float:
+        """``value`` averaged over the ranks that each trained on a slice of the batch."""
+        return value
+
+    def _sum_over_ranks(self, value: float) -> float:
+        return value
 
     def _make_tracker(self) -> SignTracker | None:
         tracker_cfg = self.cfg.tracker
@@ -195,8 +215,9 @@ class Trial:
         ``TrainingDivergedError`` on a non-finite loss after writing what was computed so far."""
         if resume and self.restored is None:
             self.restore()  # refuses a changed config: nothing written
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._write_config()
+        if self.writes_outputs:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._write_config()
         self.model.train()
         bar = self._progress_bar()
         try:
@@ -219,18 +240,19 @@ class Trial:
         self.save_checkpoint(self.checkpoint_path)
         self._write_tables()
         summary = self._summary()
-        write_json(RunDir(self.run_dir).summary, summary, indent=2, sort_keys=True)
+        if self.writes_outputs:
+            write_json(RunDir(self.run_dir).summary, summary, indent=2, sort_keys=True)
         return summary
 
     def train_step(self) -> None:
         """One optimizer step (with projection and tracker observation); ``run`` calls it."""
         started = time.perf_counter()
-        x, y = self.task.train_batch(self.data_generator)
+        x, y = self._next_batch()
         with self.autocast():
             task_loss = self.task.loss(self.model, x, y)
         penalty, lam_t = self.interventions.penalty(self.step)
         loss = task_loss if penalty is None else task_loss + penalty
-        loss_value = float(task_loss.detach())
+        loss_value = self._mean_over_ranks(float(task_loss.detach()))
         if not math.isfinite(loss_value):
             raise TrainingDivergedError(
                 f"training loss became {loss_value} at step {self.step}; "
@@ -243,12 +265,14 @@ class Trial:
         lr_used = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
-        changed = self.interventions.project()
+        changed = int(self._sum_over_ranks(self.interventions.project()))
         if self.tracker is not None:
             self.tracker.observe()
         self.step += 1
         self.projection_total += changed
-        penalty_value = float(penalty.detach()) if penalty is not None else 0.0
+        penalty_value = self._sum_over_ranks(
+            float(penalty.detach()) if penalty is not None else 0.0
+        )
         self.window.add(loss_value, changed, penalty_value, lam_t, lr_used)
         self.train_seconds += time.perf_counter() - started
 
@@ -296,7 +320,7 @@ class Trial:
             initial=self.step,
             desc=self.cfg.name,
             unit="step",
-            disable=not self.progress,
+            disable=not (self.progress and self.writes_outputs),
             leave=False,
             dynamic_ncols=True,
         )
@@ -304,6 +328,15 @@ class Trial:
     # ---- checkpoints ----------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
+        return {
+            **self._progress_state(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "tracker": self.tracker.state_dict() if self.tracker is not None else None,
+        }
+
+    def _progress_state(self) -> dict[str, Any]:
+        """Everything of a checkpoint but the weights, optimizer moments and tracker state."""
         rng: dict[str, Any] = {
             "torch": torch.get_rng_state(),
             "data": self.data_generator.get_state(),
@@ -313,10 +346,7 @@ class Trial:
         return {
             "step": self.step,
             "config": self.cfg.to_dict(),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "tracker": self.tracker.state_dict() if self.tracker is not None else None,
             "rng": rng,
             "rows": self.rows,
             "tensor_rows": self.tensor_rows,
@@ -364,8 +394,17 @@ class Trial:
         return None
 
     def load_checkpoint(self, path: Path) -> None:
+        state = self._read_checkpoint(path, required={"config", "step", "model"})
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.tracker is not None:
+            self.tracker.load_state_dict(state["tracker"])
+        self._load_progress(state)
+
+    def _read_checkpoint(self, path: Path, required: set[str]) -> dict[str, Any]:
+        """A checkpoint file of this trial's config (``ConfigError`` for another config)."""
         state = load_torch_file(path, map_location=self.device)
-        if not isinstance(state, dict) or not {"config", "step", "model"} <= state.keys():
+        if not isinstance(state, dict) or not required <= state.keys():
             raise UnreadableFileError(path, "not a signlock trial checkpoint")
         changed = config_differences(state["config"], self.cfg.to_dict())
         if changed:
@@ -375,12 +414,11 @@ class Trial:
                 f"the trial config of this checkpoint; these fields differ: {', '.join(changed)} "
                 "(choose another --run-dir, or --no-resume to start over)",
             )
+        return state
+
+    def _load_progress(self, state: dict[str, Any]) -> None:
         self.step = state["step"]
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        if self.tracker is not None:
-            self.tracker.load_state_dict(state["tracker"])
         torch.set_rng_state(state["rng"]["torch"].cpu())
         self.data_generator.set_state(state["rng"]["data"].cpu())
         if "cuda" in state["rng"] and self.device.type == "cuda":
@@ -396,16 +434,26 @@ class Trial:
         write_text(RunDir(self.run_dir).config, self.cfg.to_json())
 
     def _write_tables(self) -> None:
+        tracker_tables = self._tracker_tables() if self.tracker is not None else None
+        if not self.writes_outputs:
+            return
         metrics = pd.DataFrame(self.rows, columns=list(METRIC_COLUMNS))
         metrics["step"] = metrics["step"].astype("int64")
         files = RunDir(self.run_dir)
         write_parquet(metrics, files.metrics)
-        if self.tracker is not None:
-            write_parquet(self.tracker.k_histogram(), files.flips)
-            write_parquet(self.tracker.per_tensor_stats(), files.tensor_stats)
+        if tracker_tables is not None:
+            flips, tensor_stats = tracker_tables
+            write_parquet(flips, files.flips)
+            write_parquet(tensor_stats, files.tensor_stats)
             tensor_metrics = pd.DataFrame(self.tensor_rows, columns=list(TENSOR_METRIC_COLUMNS))
             tensor_metrics = tensor_metrics.astype({"step": "int64", "n_tracked": "int64"})
             write_parquet(tensor_metrics, files.tensor_metrics)
+
+    def _tracker_tables(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The K histogram and per-tensor statistics (collectives on a sharded tracker: every
+        rank computes them, one writes)."""
+        assert self.tracker is not None
+        return self.tracker.k_histogram(), self.tracker.per_tensor_stats()
 
     def _summary(self) -> dict[str, Any]:
         """Every ``schema.SUMMARY_FIELDS`` key; ``None`` (JSON null) where not measured."""
