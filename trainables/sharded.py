@@ -40,6 +40,7 @@ from signlock.trainables.config import TrialConfig
 from signlock.trainables.errors import ConfigError
 from signlock.trainables.files import UnreadableFileError, atomic_path, load_torch_file
 from signlock.trainables.interventions import Interventions, resolve_targets
+from signlock.trainables.layout import RunDir
 from signlock.trainables.sharded_tracker import (
     ProcessGroupShards,
     ShardedSignTracker,
@@ -243,6 +244,13 @@ def _remove_unnamed_state_dirs(path: Path) -> None:
     for state_dir in path.parent.glob(f"{STATE_DIR_PREFIX}*"):
         if state_dir.is_dir() and state_dir.name not in named:
             shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def is_sharded_run(run_dir: str | Path) -> bool:
+    """Whether the run directory's checkpoints are sharded ones (resumed through this module,
+    on any number of workers)."""
+    checkpoints = RunDir(Path(run_dir)).checkpoint.parent
+    return any(p.is_dir() for p in checkpoints.glob(f"{STATE_DIR_PREFIX}*"))
 
 
 def run_sharded_trial(

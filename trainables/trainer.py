@@ -394,7 +394,16 @@ class Trial:
         return None
 
     def load_checkpoint(self, path: Path) -> None:
-        state = self._read_checkpoint(path, required={"config", "step", "model"})
+        state = self._read_checkpoint(path, required={"config", "step"})
+        if "state_dir" in state:
+            raise ConfigError(
+                "workers_per_trial",
+                1,
+                f"a sharded trial: {path} was written by {state.get('world_size')} workers "
+                "(signlock.trainables.sharded resumes it on any number of workers)",
+            )
+        if "model" not in state:
+            raise UnreadableFileError(path, "not a signlock trial checkpoint")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.tracker is not None:

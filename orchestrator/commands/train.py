@@ -26,6 +26,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="ignore an existing checkpoint in the run directory",
     )
+    train.add_argument(
+        "--workers-per-trial",
+        type=int,
+        default=1,
+        metavar="N",
+        help="shard the trial with FSDP2 over N worker processes of this machine (gloo on CPU, "
+        "one GPU each on CUDA; data.batch_size must be a multiple of N)",
+    )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=run)
 
@@ -46,12 +54,15 @@ def load_trial_config(args: argparse.Namespace) -> TrialConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from signlock.trainables.sharded import is_sharded_run
     from signlock.trainables.trainer import Trial
 
     cfg = load_trial_config(args)
     run_dir = Path(args.run_dir) if args.run_dir else DEFAULT_RUNS_DIR / cfg.name
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError("--run-dir", str(run_dir), "a directory (this is a file)")
+    if args.workers_per_trial != 1 or (not args.no_resume and is_sharded_run(run_dir)):
+        return _run_on_workers(args, cfg, run_dir)
     trial = Trial(cfg, run_dir, progress=not args.quiet)
     restored = None if args.no_resume else trial.restore()
     if restored is not None:
@@ -59,6 +70,17 @@ def run(args: argparse.Namespace) -> int:
             print(f"{skipped}; using {restored.path.name}", file=sys.stderr)
         print(f"resuming {run_dir} from step {restored.step}", file=sys.stderr)
     summary = trial.run(resume=False)
+    print(json.dumps(summary, indent=2, sort_keys=True))
+    print(f"run directory: {run_dir}", file=sys.stderr)
+    return 0
+
+
+def _run_on_workers(args: argparse.Namespace, cfg: TrialConfig, run_dir: Path) -> int:
+    from signlock.trainables.launch import run_on_local_workers
+
+    summary = run_on_local_workers(
+        cfg, run_dir, args.workers_per_trial, resume=not args.no_resume, progress=not args.quiet
+    )
     print(json.dumps(summary, indent=2, sort_keys=True))
     print(f"run directory: {run_dir}", file=sys.stderr)
     return 0
