@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import subprocess
-from collections.abc import Iterator
+import sys
+import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +72,70 @@ def seeded_cache(
     target.write_bytes(tinyshakespeare_path.read_bytes())
     monkeypatch.setenv("SIGNLOCK_CACHE", str(cache))
     return cache
+
+
+@pytest.fixture
+def cli_in_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> Callable[..., subprocess.CompletedProcess]:
+    """``cli_in_process(*ARGS, cwd=tmp_path, env_extra=None)``: ``signlock ARGS`` by calling
+    ``signlock.orchestrator.cli.main`` in this process, answered as the subprocess helpers answer
+    (a ``CompletedProcess``: exit status, stdout, stderr captured at the file descriptors).
+
+    Only for commands that are refused or only list or plan: no Ray, MLflow server, SLURM job,
+    trial or sweep may start (a started Ray fails the test), and nothing about signals, pipes,
+    tracebacks of real runs or process exit can be seen here: those keep a real subprocess. It
+    saves the ~5 s a fresh interpreter spends importing torch, MLflow and Ray. Warnings are left
+    to pytest (a subprocess would print them on stderr)."""
+
+    def run(
+        *args: str, cwd: Path | None = None, env_extra: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
+        from signlock.orchestrator.cli import main
+
+        for key, value in (env_extra or {}).items():
+            monkeypatch.setenv(key, value)
+        where = Path(cwd or tmp_path)
+        monkeypatch.chdir(where)
+        environ = dict(os.environ)
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        root_logger = logging.getLogger()
+        logging_state = (list(root_logger.handlers), root_logger.level)
+        torch = sys.modules.get("torch")
+        threads = torch.get_num_threads() if torch is not None else None
+        ray_was_up = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+        capfd.readouterr()  # what the test printed before is not the command's output
+        try:
+            returncode = main(list(args))
+        except SystemExit as stop:  # argparse: --help, usage errors
+            if stop.code is None or isinstance(stop.code, int):
+                returncode = stop.code or 0
+            else:
+                print(stop.code, file=sys.stderr)
+                returncode = 1
+        except Exception:  # as a crashing interpreter would: the traceback and exit 1
+            traceback.print_exc()
+            returncode = 1
+        out, err = capfd.readouterr()
+        # Leave this process as it was for the next test.
+        os.chdir(where)
+        for key in set(os.environ) - set(environ):
+            del os.environ[key]
+        os.environ.update({k: v for k, v in environ.items() if os.environ.get(k) != v})
+        for sig, handler in handlers.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+        root_logger.handlers[:] = logging_state[0]
+        root_logger.setLevel(logging_state[1])
+        if torch is not None and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized() and not ray_was_up:
+            ray.shutdown()
+            pytest.fail(f"signlock {' '.join(args)} started Ray in-process: use a subprocess")
+        return subprocess.CompletedProcess(["signlock", *args], returncode, out, err)
+
+    return run
 
 
 @pytest.fixture(scope="session")

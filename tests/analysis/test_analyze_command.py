@@ -74,8 +74,8 @@ def test_analyze_a_partly_finished_sweep_says_how_many_are_missing(finished_swee
     assert "1 of 3 trials have not finished" in result.stderr
 
 
-def test_a_bad_metric_names_the_flag_and_lists_the_allowed(finished_sweep):
-    result = run_cli("analyze", "enhancement-smoke", "--y", "accuracy", cwd=finished_sweep)
+def test_a_bad_metric_names_the_flag_and_lists_the_allowed(finished_sweep, cli_in_process):
+    result = cli_in_process("analyze", "enhancement-smoke", "--y", "accuracy", cwd=finished_sweep)
     assert result.returncode == 2 and "--y" in result.stderr and "val_ppl" in result.stderr
 
 

@@ -72,10 +72,10 @@ def analysed_copy(analysed, tmp_path) -> Path:
     ],
 )
 def test_a_bad_flag_is_refused_before_anything_is_touched(
-    finished_sweep, analysed_copy, flags, field
+    finished_sweep, analysed_copy, cli_in_process, flags, field
 ):
     before = digests(analysed_copy / "analysis")
-    result = run_cli("analyze", str(analysed_copy), *flags, cwd=finished_sweep)
+    result = cli_in_process("analyze", str(analysed_copy), *flags, cwd=finished_sweep)
     assert one_line_error(result, 2).startswith(f"signlock: error: invalid {field}=")
     assert digests(analysed_copy / "analysis") == before
 
@@ -158,9 +158,9 @@ def test_a_garbled_partition_is_one_line_naming_the_file(
 
 
 @pytest.mark.parametrize("command", ["analyze", "report"])
-def test_an_unknown_sweep_is_not_found_under_the_storage(tmp_path, command):
+def test_an_unknown_sweep_is_not_found_under_the_storage(tmp_path, cli_in_process, command):
     storage = tmp_path / "sweeps"
-    result = run_cli(command, "no-such", "--storage", str(storage), cwd=tmp_path)
+    result = cli_in_process(command, "no-such", "--storage", str(storage))
     expected = f"signlock: error: not found: no sweep no-such under {storage}"
     assert one_line_error(result, 2) == expected
     assert not storage.exists()

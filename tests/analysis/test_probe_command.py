@@ -81,12 +81,12 @@ def test_probe_of_files_goes_to_the_probe_experiment(tmp_path):
     assert run.info.run_name == "files" and run.info.status == "FINISHED"
 
 
-def test_probe_of_nothing_probeable_is_one_line_and_exit_2(tmp_path):
-    result = run_cli("probe", "no-such-sweep", cwd=tmp_path)
+def test_probe_of_nothing_probeable_is_one_line_and_exit_2(tmp_path, cli_in_process):
+    result = cli_in_process("probe", "no-such-sweep")
     assert result.returncode == 2
     assert "PATH" in one_line_error(result)
     assert not (tmp_path / "signlock-runs").exists()
-    bad = run_cli("probe", "x", "--top-ks", "0", cwd=tmp_path)
+    bad = cli_in_process("probe", "x", "--top-ks", "0")
     assert bad.returncode == 2 and "--top-ks" in one_line_error(bad)
 
 
@@ -128,9 +128,9 @@ def test_compress_curves_logged_on_the_parent_run_and_resumed(compression_smoke)
     pd.testing.assert_frame_equal(resumed, table)  # the missing rows back, nothing else redone
 
 
-def test_compress_refuses_bad_methods_and_budgets_before_any_work(tmp_path):
-    bad = run_cli("compress", "any", "--methods", "svd-w,jpeg", cwd=tmp_path)
+def test_compress_refuses_bad_methods_and_budgets_before_any_work(tmp_path, cli_in_process):
+    bad = cli_in_process("compress", "any", "--methods", "svd-w,jpeg")
     assert bad.returncode == 2 and "--methods" in one_line_error(bad)
-    negative = run_cli("compress", "any", "--bpw", "0.5,-1", cwd=tmp_path)
+    negative = cli_in_process("compress", "any", "--bpw", "0.5,-1")
     assert negative.returncode == 2 and "--bpw" in one_line_error(negative)
     assert not (tmp_path / "signlock-runs").exists()

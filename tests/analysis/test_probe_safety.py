@@ -87,22 +87,24 @@ def weight_files(tmp_path: Path) -> dict[str, Path]:
     "name",
     ["truncated.pt", "garbage.pt", "notes.txt", "truncated.safetensors", "garbage.safetensors"],
 )
-def test_unreadable_files_are_one_line_naming_them_and_exit_2(tmp_path, weight_files, name):
-    result = run_cli("probe", name, "--no-references", cwd=tmp_path)
+def test_unreadable_files_are_one_line_naming_them_and_exit_2(
+    tmp_path, cli_in_process, weight_files, name
+):
+    result = cli_in_process("probe", name, "--no-references")
     assert_failed_cleanly(result, 2, name, tmp_path)
 
 
-def test_a_missing_weights_file_is_not_found(tmp_path):
-    result = run_cli("probe", "missing.safetensors", cwd=tmp_path)
+def test_a_missing_weights_file_is_not_found(tmp_path, cli_in_process):
+    result = cli_in_process("probe", "missing.safetensors")
     line = assert_failed_cleanly(result, 2, "missing.safetensors", tmp_path)
     assert line == "signlock: error: not found: missing.safetensors"
 
 
-def test_a_malicious_pickle_is_refused_and_never_run(tmp_path):
+def test_a_malicious_pickle_is_refused_and_never_run(tmp_path, cli_in_process):
     marker = tmp_path / "pwned"
     torch.save({"model": {"layer.weight": torch.randn(8, 8)}, "extra": Marker(marker)},
                tmp_path / "evil.pt")  # fmt: skip
-    result = run_cli("probe", "evil.pt", "--no-references", cwd=tmp_path)
+    result = cli_in_process("probe", "evil.pt", "--no-references")
     assert_failed_cleanly(result, 2, "evil.pt", tmp_path)
     assert not marker.exists()
     torch.load(tmp_path / "evil.pt", weights_only=False)  # the file is a real exploit
@@ -161,12 +163,12 @@ def test_a_tensor_larger_than_the_memory_left_is_refused_from_the_header(tmp_pat
 
 
 @pytest.mark.parametrize("references", [True, False])
-def test_files_without_matrices_are_an_error(tmp_path, references):
+def test_files_without_matrices_are_an_error(tmp_path, cli_in_process, references):
     save_file({"bias": torch.randn(64), "scale": torch.ones(3)}, tmp_path / "vectors.safetensors")
     torch.save({"model": {"bias": torch.randn(8), "step": torch.tensor(3)}}, tmp_path / "v.pt")
     extra = [] if references else ["--no-references"]
     for name in ("vectors.safetensors", "v.pt"):
-        result = run_cli("probe", name, *extra, cwd=tmp_path)
+        result = cli_in_process("probe", name, *extra)
         line = assert_failed_cleanly(result, 2, name, tmp_path)
         assert line == f"signlock: error: no matrix-shaped tensors in {name}"
 

@@ -1,4 +1,5 @@
-"""The ``signlock`` console script, run as a real subprocess."""
+"""The ``signlock`` console script, run as a real subprocess (``run_cli``); inputs refused
+before any work are checked in-process (``cli_in_process``, tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -73,8 +74,8 @@ def test_charlm_smoke_preset_writes_all_outputs(tmp_path, seeded_cache):
         ),
     ],
 )
-def test_bad_input_is_one_line_naming_the_field(tmp_path, args, field):
-    result = run_cli("train", *args, cwd=tmp_path)
+def test_bad_input_is_one_line_naming_the_field(tmp_path, cli_in_process, args, field):
+    result = cli_in_process("train", *args)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("signlock: error: ")
@@ -123,8 +124,8 @@ def test_yaml_config_file_resumes_from_the_step_it_was_killed_at(tmp_path):
     pd.testing.assert_frame_equal(*flips)
 
 
-def test_presets_are_listed(tmp_path):
-    result = run_cli("presets", cwd=tmp_path)
+def test_presets_are_listed(cli_in_process):
+    result = cli_in_process("presets")
     assert result.returncode == 0
     names = [line.split()[0] for line in result.stdout.splitlines()]
     assert {"charlm-smoke", "synthetic-smoke", "scale-12.9b", "vision-mlp"} <= set(names)

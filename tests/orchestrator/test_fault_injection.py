@@ -223,13 +223,13 @@ def test_bad_storage_names_and_fault_targets_are_one_line_before_mlflow(
     assert not (tmp_path / "escaped").exists() and no_sweep_created(sweep_root, tracking_uri)
 
 
-def test_unknown_sweeps_and_exclusive_flags_are_refused_in_one_line(cli, sweep_root):
+def test_unknown_sweeps_and_exclusive_flags_are_refused_in_one_line(cli_in_process, sweep_root):
     for command in ("status", "resume"):
-        result = cli(command, "no-such", "--storage", str(sweep_root))
+        result = cli_in_process(command, "no-such", "--storage", str(sweep_root))
         assert result.returncode == 2
         expected = f"signlock: error: not found: no sweep no-such under {sweep_root}"
         assert result.stderr.strip() == expected
-    both = cli("resume", "x", "--restart-errored", "--skip-errored")
+    both = cli_in_process("resume", "x", "--restart-errored", "--skip-errored")
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
 
 

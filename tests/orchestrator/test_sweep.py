@@ -364,9 +364,10 @@ def test_crashed_trial_is_retried_and_nan_trial_errors_while_the_rest_complete(
     ],
 )
 def test_invalid_specs_fail_before_ray_starts(
-    tmp_path, cli, write_spec, sweep_root, tracking_uri, tiny_spec, change, field
+    tmp_path, cli_in_process, write_spec, sweep_root, tracking_uri, tiny_spec, change, field
 ):
-    result = cli(*sweep_args(write_spec(tiny_spec(**change)), "bad", sweep_root, tracking_uri))
+    spec = write_spec(tiny_spec(**change))
+    result = cli_in_process(*sweep_args(spec, "bad", sweep_root, tracking_uri))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("signlock: error:") and field in lines[0]
@@ -398,8 +399,8 @@ def test_optuna_multi_objective_search_reports_a_pareto_set(
     assert len(children) == 4
 
 
-def test_plan_prints_trial_count_without_running(cli, write_spec, sweep_root, tiny_spec):
-    result = cli("plan", str(write_spec(tiny_spec())))
+def test_plan_prints_trial_count_without_running(cli_in_process, write_spec, sweep_root, tiny_spec):
+    result = cli_in_process("plan", str(write_spec(tiny_spec())))
     assert result.returncode == 0, result.stderr
     assert "4" in result.stdout
     assert not sweep_root.exists()

@@ -1,5 +1,6 @@
 """Regression tests of the hardening issue: each user mistake is one line naming what is wrong,
-exit 2 before any work, and nothing already computed is changed (real subprocesses)."""
+exit 2 before any work, and nothing already computed is changed (the CLI in real subprocesses,
+or called in-process with ``cli_in_process`` where it is refused before any work)."""
 
 from __future__ import annotations
 
@@ -48,15 +49,15 @@ def test_a_refused_resume_leaves_the_run_directory_as_it_was(tmp_path):
     assert after == before
 
 
-def test_a_malformed_trial_config_file_is_one_line(tmp_path):
+def test_a_malformed_trial_config_file_is_one_line(tmp_path, cli_in_process):
     (tmp_path / "bad.yaml").write_text("name: [unclosed\n")
-    result = run_cli("train", "--config", "bad.yaml", cwd=tmp_path)
+    result = cli_in_process("train", "--config", "bad.yaml")
     assert result.returncode == 2
     assert "bad.yaml" in one_line_error(result) and "valid YAML/JSON" in result.stderr
 
 
-def test_a_missing_spec_file_says_not_found(tmp_path):
-    result = run_cli("plan", "sweeps/missing.yaml", cwd=tmp_path)
+def test_a_missing_spec_file_says_not_found(cli_in_process):
+    result = cli_in_process("plan", "sweeps/missing.yaml")
     assert result.returncode == 2
     assert one_line_error(result) == "signlock: error: not found: sweeps/missing.yaml"
 
@@ -69,23 +70,21 @@ def test_a_diverged_run_exits_with_1_not_the_usage_status(tmp_path):
     assert "training loss became nan" in one_line_error(result)
 
 
-def test_query_never_creates_a_store_and_parses_the_filter_first(tmp_path):
-    garbage = run_cli("query", "--filter", "garbage(((", cwd=tmp_path)
+def test_query_never_creates_a_store_and_parses_the_filter_first(tmp_path, cli_in_process):
+    garbage = cli_in_process("query", "--filter", "garbage(((")
     assert garbage.returncode == 2 and "--filter" in one_line_error(garbage)
-    missing = run_cli("query", cwd=tmp_path)
+    missing = cli_in_process("query")
     assert missing.returncode == 2
     assert "no MLflow store at" in one_line_error(missing)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_bad_mlflow_filter_is_one_line(tmp_path):
+def test_a_bad_mlflow_filter_is_one_line(tmp_path, cli_in_process):
     store = f"sqlite:///{tmp_path / 'm.db'}"
     from mlflow.tracking import MlflowClient
 
     MlflowClient(store).create_experiment("signlock")
-    result = run_cli(
-        "query", "--tracking-uri", store, "--mlflow-filter", "params.x >>> 1", cwd=tmp_path
-    )
+    result = cli_in_process("query", "--tracking-uri", store, "--mlflow-filter", "params.x >>> 1")
     assert result.returncode == 2
     assert "--mlflow-filter" in one_line_error(result)
 
@@ -98,13 +97,13 @@ def test_every_preset_has_a_whole_one_line_summary(name):
     assert summary.count("(") == summary.count(")")  # not cut inside a parenthesis
 
 
-def test_plan_and_spec_drop_a_point_that_repeats_a_grid_point(tmp_path):
+def test_plan_and_spec_drop_a_point_that_repeats_a_grid_point(tmp_path, cli_in_process):
     (tmp_path / "s.yaml").write_text(
         "name: dup\nbase: synthetic-smoke\n"
         "axes: {init.a_init: {grid: [0.0, 0.01]}}\n"
         "points: [{init.a_init: 0.0}, {init.a_init: 0.02}]\n"
     )
-    result = run_cli("plan", "s.yaml", cwd=tmp_path)
+    result = cli_in_process("plan", "s.yaml")
     assert result.returncode == 0, result.stderr
     assert "sweep dup: 3 trials" in result.stdout
     assert "duplicates dropped: 1" in result.stdout
