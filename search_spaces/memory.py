@@ -24,6 +24,13 @@ Counted on the ``meta`` device from the trial config, per component:
   happen; the plan states their worst case;
 - on a GPU, ``CUDA_WORKSPACE_BYTES`` of cuBLAS/cuBLASLt workspaces the caching allocator holds.
 
+Sharded over N FSDP2 workers (``workers_per_trial``, :mod:`signlock.trainables.sharded`), each
+device holds 1/N of the weights, gradients, optimizer state and tracker, the activations of its
+1/N of the batch, and the all-gather buffers: the root group's (embeddings, head, final norm:
+unsharded from the start of the forward pass to the end of the backward pass) weights and
+gradients, and two blocks' weights and gradients (the one computing and the one prefetched or
+being reduce-scattered). Not yet measured on GPUs (none was lent): a plan, see BENCHMARKS.md.
+
 The peak is the sum of weights, gradients, the optimizer state the trial will use, the tracker's
 resident bytes, the larger of its activations (checkpointed if it checkpoints) and the tracker's
 observation temporaries (it observes after the backward pass has freed the activations) and, on
@@ -92,6 +99,8 @@ class MemoryEstimate:
     tracker_observing_on_cpu: int
     eight_bit: bool
     checkpointing: bool
+    largest_block: int = 0  # weight bytes of the largest FSDP block (a GPT's transformer block)
+    root_weights: int = 0  # weight bytes outside every block (the FSDP root group)
 
     @property
     def optimizer(self) -> int:
@@ -118,11 +127,28 @@ class MemoryEstimate:
         transient = max(self.activations_used, self.tracker_observing_on_cpu)
         return self.state + self.tracker_on_cpu + transient
 
-    def fits(self, gpu_bytes: int) -> bool:
-        return self.peak <= USABLE_FRACTION * gpu_bytes
+    def gather_buffers(self) -> int:
+        """FSDP2's unsharded weights and gradients alive at once: the root group's, and two
+        blocks' (the computing one and the prefetched or reduce-scattering one)."""
+        return 2 * self.root_weights + 4 * self.largest_block
 
-    def fitting_gpus(self) -> list[int]:
-        return [gb for gb in COMMON_GPUS_GB if self.fits(gb * 2**30)]
+    def per_device_peak(self, workers: int) -> int:
+        """The GPU peak of each of ``workers`` FSDP2 workers (``workers=1``: :attr:`peak`)."""
+        if workers == 1:
+            return self.peak
+        transient = max(self.activations_used, self.tracker_observing) / workers
+        sharded = (self.state + self.tracker) / workers
+        return int(sharded + self.gather_buffers() + transient + CUDA_WORKSPACE_BYTES)
+
+    def fits(self, gpu_bytes: int, workers: int = 1) -> bool:
+        return self.per_device_peak(workers) <= USABLE_FRACTION * gpu_bytes
+
+    def fitting_gpus(self, workers: int = 1) -> list[int]:
+        return [gb for gb in COMMON_GPUS_GB if self.fits(gb * 2**30, workers)]
+
+    def workers_needed(self, gpu_gb: int, most: int = 64) -> int | None:
+        """The fewest FSDP2 workers (GPUs) of ``gpu_gb`` GB each that hold one trial."""
+        return next((n for n in range(1, most + 1) if self.fits(gpu_gb * 2**30, n)), None)
 
 
 @contextlib.contextmanager
@@ -301,6 +327,7 @@ def estimate_memory(cfg: TrialConfig, vocab: int | None) -> MemoryEstimate:
     none = TrackerBytes(0, 0)
     on_gpu = gpu_tracker_bytes(targets, sample) if n_tracked else none
     on_cpu = cpu_tracker_bytes(targets, sample) if n_tracked else none
+    block_bytes = _block_weight_bytes(model)
     return MemoryEstimate(
         params=params,
         weights=weights,
@@ -316,7 +343,20 @@ def estimate_memory(cfg: TrialConfig, vocab: int | None) -> MemoryEstimate:
         tracker_observing_on_cpu=on_cpu.observing,
         eight_bit=cfg.optim.eight_bit,
         checkpointing=cfg.model.gradient_checkpointing,
+        largest_block=max(block_bytes, default=0),
+        root_weights=weights - sum(block_bytes),
     )
+
+
+def _block_weight_bytes(model: torch.nn.Module) -> list[int]:
+    """Weight bytes of each FSDP block: every member of an ``nn.ModuleList`` (as
+    ``trainables.sharded.shard_model`` groups them)."""
+    return [
+        sum(p.numel() * p.element_size() for p in block.parameters())
+        for module in model.modules()
+        if isinstance(module, torch.nn.ModuleList)
+        for block in module
+    ]
 
 
 def model_key(cfg: TrialConfig) -> str:
@@ -339,14 +379,17 @@ def format_bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
-def format_estimate(label: str, estimate: MemoryEstimate) -> list[str]:
-    """The plan's lines for one distinct model."""
+def format_estimate(label: str, estimate: MemoryEstimate, workers: int = 1) -> list[str]:
+    """The plan's lines for one distinct model (sharded over ``workers`` FSDP2 workers)."""
     used = "8-bit AdamW" if estimate.eight_bit else "AdamW"
     ckpt = "checkpointed" if estimate.checkpointing else "no checkpointing"
-    fits = estimate.fitting_gpus()
+    fits = estimate.fitting_gpus(workers)
     hits, overflows = host_table_bytes_worst(estimate.tracked_scalars)
+    per = "per trial" if workers == 1 else f"per device, {workers} FSDP workers per trial"
+    peak = format_bytes(estimate.per_device_peak(workers))
+    needed = [(gb, estimate.workers_needed(gb)) for gb in COMMON_GPUS_GB]
     return [
-        f"    {label}: peak {format_bytes(estimate.peak)} per trial ({used}, {ckpt})",
+        f"    {label}: peak {peak} {per} ({used}, {ckpt})",
         f"      weights {format_bytes(estimate.weights)}, gradients "
         f"{format_bytes(estimate.gradients)}",
         f"      optimizer: AdamW {format_bytes(estimate.optimizer_adamw)}, 8-bit AdamW "
@@ -362,6 +405,10 @@ def format_estimate(label: str, estimate: MemoryEstimate) -> list[str]:
         f"        host tables, worst case: {format_bytes(hits)} if every scalar hits the band, "
         f"{format_bytes(overflows)} more if every one flips 255+ times",
         f"      CUDA workspaces: {format_bytes(CUDA_WORKSPACE_BYTES)}",
+        f"      FSDP all-gather buffers: {format_bytes(estimate.gather_buffers())} per device "
+        "when sharded",
+        "      FSDP workers (GPUs) one trial needs: "
+        + ", ".join(f"{gb} GB: {n if n is not None else 'over 64'}" for gb, n in needed),
         "      fits GPUs of: "
         + (", ".join(f"{gb} GB" for gb in fits) if fits else "none of ")
         + ("" if fits else ", ".join(f"{gb} GB" for gb in COMMON_GPUS_GB)),

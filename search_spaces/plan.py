@@ -64,6 +64,7 @@ class SweepPlan:
     objective: str  # the training loss, in words
     cpus_per_trial: float
     gpus_per_trial: float
+    workers_per_trial: int
     seeds: tuple[int, ...]
     num_samples: int
     n_duplicates: int  # override sets dropped: they repeat an earlier trial config
@@ -177,6 +178,7 @@ def plan_sweep(spec: SweepSpec) -> SweepPlan:
         objective=family_of(spec.base).objective,
         cpus_per_trial=spec.cpus_per_trial,
         gpus_per_trial=spec.gpus_per_trial,
+        workers_per_trial=spec.workers_per_trial,
         seeds=spec.seeds,
         num_samples=spec.num_samples,
         n_duplicates=spec.n_duplicates(),
@@ -218,7 +220,12 @@ def format_plan(plan: SweepPlan) -> str:
         f"  {plan.unit} per step: {_span(plan.tokens_per_step)}",
         f"  total training {plan.unit}: {_count(plan.total_tokens)}",
         f"  training FLOPs ≈ 6·N·{plan.unit}: {plan.total_flops:.3g}",
-        f"  resources per trial: {plan.cpus_per_trial:g} CPU, {plan.gpus_per_trial:g} GPU",
+        f"  resources per trial: {plan.cpus_per_trial:g} CPU, {plan.gpus_per_trial:g} GPU"
+        + (
+            f", on each of {plan.workers_per_trial} FSDP workers"
+            if plan.workers_per_trial > 1
+            else ""
+        ),
         f"  models ({len(plan.params)}):",
     ]
     for label, params in plan.params.items():
@@ -227,18 +234,30 @@ def format_plan(plan: SweepPlan) -> str:
         lines.append(f"    {label}: {_params(params)} params ({params:,}), {n} {trials}")
     lines.append("  memory per trial (predicted peak; `--gpu-memory` checks a GPU size):")
     for label, estimate in plan.memory.items():
-        lines += format_estimate(label, estimate)
+        lines += format_estimate(label, estimate, plan.workers_per_trial)
     return "\n".join(lines)
 
 
 def check_gpu_memory(plan: SweepPlan, gpu_bytes: int, flag: str = "--gpu-memory") -> None:
     """Refuse a sweep with a trial whose predicted peak does not fit the GPU it will get."""
+    workers = plan.workers_per_trial
+    on_each = f" on each of {workers} workers" if workers > 1 else ""
     for label, estimate in plan.memory.items():
-        if not estimate.fits(gpu_bytes):
+        if not estimate.fits(gpu_bytes, workers):
+            fitting = estimate.fitting_gpus(workers)
+            peak = format_bytes(estimate.per_device_peak(workers))
             raise ConfigError(
                 flag,
                 format_bytes(gpu_bytes),
-                f"a GPU holding {label}'s predicted peak of {format_bytes(estimate.peak)} "
+                f"a GPU holding {label}'s predicted peak of {peak}{on_each} "
                 f"(trials may use 90% of it); it fits "
-                + (", ".join(f"{gb} GB" for gb in estimate.fitting_gpus()) or "no common GPU"),
+                + (", ".join(f"{gb} GB" for gb in fitting) or "no common GPU")
+                + _more_workers_hint(estimate, gpu_bytes, workers),
             )
+
+
+def _more_workers_hint(estimate: MemoryEstimate, gpu_bytes: int, workers: int) -> str:
+    needed = estimate.workers_needed(gpu_bytes // 2**30)
+    if needed is None or needed <= workers:
+        return ""
+    return f", or this GPU with --workers-per-trial {needed}"

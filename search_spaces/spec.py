@@ -26,7 +26,7 @@ YAML user spec (``load_spec("my-sweep.yaml")``; JSON with the same fields works 
       - {init.a_init: 0.0, regularizer.lam: 0.0, init.template_rank: null}
     search: grid                # grid, or optuna (then `budget` trials, random axes only)
     budget: 20                  # Optuna trials; only with search: optuna
-    resources: {cpus_per_trial: 1, gpus_per_trial: 0}
+    resources: {cpus_per_trial: 1, gpus_per_trial: 0, workers_per_trial: 1}
     description: "..."
 
 Semantics.
@@ -101,6 +101,7 @@ class SweepSpec:
     budget: int | None = None
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
+    workers_per_trial: int = 1  # FSDP2 workers sharding each trial (GPUs each: gpus_per_trial)
     description: str = ""
     base_overrides: dict[str, Any] = field(default_factory=dict)  # the YAML `set`
 
@@ -187,6 +188,9 @@ class SweepSpec:
             raise ConfigError("spec.resources.cpus_per_trial", self.cpus_per_trial, "a number > 0")
         if not is_number(self.gpus_per_trial) or self.gpus_per_trial < 0:
             raise ConfigError("spec.resources.gpus_per_trial", self.gpus_per_trial, "a number >= 0")
+        workers = self.workers_per_trial
+        if not is_int(workers) or workers < 1:
+            raise ConfigError("spec.resources.workers_per_trial", workers, "an integer >= 1")
 
     def _check_search(self) -> None:
         if not is_int(self.num_samples) or self.num_samples < 1:
@@ -366,6 +370,7 @@ class SweepSpec:
             "resources": {
                 "cpus_per_trial": self.cpus_per_trial,
                 "gpus_per_trial": self.gpus_per_trial,
+                "workers_per_trial": self.workers_per_trial,
             },
         }
 

@@ -26,7 +26,7 @@ SPEC_FIELDS = (
     "budget",
     "resources",
 )
-RESOURCE_FIELDS = ("cpus_per_trial", "gpus_per_trial")
+RESOURCE_FIELDS = ("cpus_per_trial", "gpus_per_trial", "workers_per_trial")
 
 
 def parse_spec(data: object) -> SweepSpec:
@@ -42,7 +42,7 @@ def parse_spec(data: object) -> SweepSpec:
         raise ConfigError("spec.name", None, "a sweep name")
     base_overrides = _parse_set(data.get("set"))
     base, base_preset = _parse_base(data, base_overrides)
-    cpus, gpus = _parse_resources(data.get("resources"))
+    cpus, gpus, workers = _parse_resources(data.get("resources"))
     return SweepSpec(
         name=data["name"],
         description=data.get("description") or "",
@@ -57,6 +57,7 @@ def parse_spec(data: object) -> SweepSpec:
         budget=data.get("budget"),
         cpus_per_trial=cpus,
         gpus_per_trial=gpus,
+        workers_per_trial=workers,
     )
 
 
@@ -128,11 +129,11 @@ def parse_points(raw: object) -> tuple[dict[str, Any], ...]:
     return tuple(parsed)
 
 
-def _parse_resources(raw: object) -> tuple[Any, Any]:
+def _parse_resources(raw: object) -> tuple[Any, Any, Any]:
     if raw is None:
-        return 1.0, 0.0
+        return 1.0, 0.0, 1
     if not isinstance(raw, dict):
-        raise ConfigError("spec.resources", raw, "a mapping {cpus_per_trial, gpus_per_trial}")
+        raise ConfigError("spec.resources", raw, "a mapping of " + ", ".join(RESOURCE_FIELDS))
     for key in raw:
         if key not in RESOURCE_FIELDS:
             raise ConfigError(
@@ -141,4 +142,5 @@ def _parse_resources(raw: object) -> tuple[Any, Any]:
     return (
         number_or_raw(raw.get("cpus_per_trial", 1.0)),
         number_or_raw(raw.get("gpus_per_trial", 0.0)),
+        raw.get("workers_per_trial", 1),
     )

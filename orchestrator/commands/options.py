@@ -79,10 +79,29 @@ def sweep_options(args: argparse.Namespace, **extra: Any) -> SweepOptions:
     )
 
 
+def add_workers_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--workers-per-trial",
+        type=int,
+        metavar="N",
+        help="FSDP2 workers sharding each trial (default: the spec's resources.workers_per_trial)",
+    )
+
+
 def load_spec(args: argparse.Namespace) -> SweepSpec:
+    """The spec named by ``args.spec`` with ``--set`` and (where the command has it)
+    ``--workers-per-trial`` applied."""
+    import dataclasses
+
     from signlock.search_spaces.files import load_spec as load
 
-    return load(args.spec, parse_assignments(args.set) or None)
+    spec = load(args.spec, parse_assignments(args.set) or None)
+    workers = getattr(args, "workers_per_trial", None)
+    if workers is None:
+        return spec
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError("--workers-per-trial", workers, "an integer >= 1")
+    return dataclasses.replace(spec, workers_per_trial=workers)
 
 
 def check_gpu_memory(args: argparse.Namespace, plan: SweepPlan) -> None:

@@ -7,6 +7,7 @@ import argparse
 from signlock.orchestrator.commands.options import (
     add_gpu_memory_arg,
     add_set_arg,
+    add_workers_arg,
     check_gpu_memory,
     load_spec,
 )
@@ -17,6 +18,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     plan.add_argument("spec", help="a sweep preset (see `signlock presets`) or a YAML spec")
     add_set_arg(plan)
     add_gpu_memory_arg(plan)
+    add_workers_arg(plan)
     plan.set_defaults(func=run)
 
 

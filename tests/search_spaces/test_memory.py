@@ -88,6 +88,8 @@ def test_scale_1_2b_components_are_pinned():
             tracker_observing_on_cpu=estimate.tracker_observing_on_cpu,
             eight_bit=True,
             checkpointing=True,
+            largest_block=100_696_064,  # 2·(4d² + 2·d·d_ff) + 4·4d: bf16 matrices, fp32 norms
+            root_weights=811_008,  # 2·(65 + 64 + 65)·d + 4·2d: embeddings, head, final norm
         )
     )
 
