@@ -29,7 +29,9 @@ device holds 1/N of the weights, gradients, optimizer state and tracker, the act
 1/N of the batch, and the all-gather buffers: the root group's (embeddings, head, final norm:
 unsharded from the start of the forward pass to the end of the backward pass) weights and
 gradients, and two blocks' weights and gradients (the one computing and the one prefetched or
-being reduce-scattered). Not yet measured on GPUs (none was lent): a plan, see BENCHMARKS.md.
+being reduce-scattered). A sharded trial runs ``torch.optim.AdamW`` (bitsandbytes' 8-bit AdamW
+is not FSDP2-safe), so its optimizer state is AdamW's two moments. Not yet measured on GPUs
+(none was lent): a plan, see BENCHMARKS.md.
 
 The peak is the sum of weights, gradients, the optimizer state the trial will use, the tracker's
 resident bytes, the larger of its activations (checkpointed if it checkpoints) and the tracker's
@@ -137,7 +139,8 @@ class MemoryEstimate:
         if workers == 1:
             return self.peak
         transient = max(self.activations_used, self.tracker_observing) / workers
-        sharded = (self.state + self.tracker) / workers
+        state = self.weights + self.gradients + self.optimizer_adamw  # no 8-bit AdamW on FSDP2
+        sharded = (state + self.tracker) / workers
         return int(sharded + self.gather_buffers() + transient + CUDA_WORKSPACE_BYTES)
 
     def fits(self, gpu_bytes: int, workers: int = 1) -> bool:
@@ -381,7 +384,7 @@ def format_bytes(n: float) -> str:
 
 def format_estimate(label: str, estimate: MemoryEstimate, workers: int = 1) -> list[str]:
     """The plan's lines for one distinct model (sharded over ``workers`` FSDP2 workers)."""
-    used = "8-bit AdamW" if estimate.eight_bit else "AdamW"
+    used = "8-bit AdamW" if estimate.eight_bit and workers == 1 else "AdamW"
     ckpt = "checkpointed" if estimate.checkpointing else "no checkpointing"
     fits = estimate.fitting_gpus(workers)
     hits, overflows = host_table_bytes_worst(estimate.tracked_scalars)

@@ -174,3 +174,44 @@ def test_the_full_tracking_plan_example_fits_the_12_9b_model_on_141_gb(tmp_path)
     assert "scale-12.9b (" in result.stdout.split(" per trial (")[-2].splitlines()[-1]
     assert "sign tracker: 12,885,696,512 scalars, 24.00 GiB on a GPU" in largest
     assert "fits GPUs of: 141 GB\n" in largest
+
+
+def several_devices_block() -> list[str]:
+    match = re.search(r"## Trials over several devices\n.*?```bash\n(.+?)\n```", README, re.DOTALL)
+    assert match, "README has no bash block under '## Trials over several devices'"
+    return [line for line in match.group(1).splitlines() if line.strip()]
+
+
+def test_the_several_devices_block_plans_trains_on_two_workers_and_resumes_on_one(tmp_path):
+    plan, two_workers, one_worker = several_devices_block()
+    planned = signlock(plan, tmp_path, timeout=300)
+    assert planned.returncode == 0, planned.stderr  # --gpu-memory 80GB: every model fits
+    assert "scale-12.9b" in planned.stdout and "2 FSDP workers per trial" in planned.stdout
+    trained = signlock(two_workers, tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    assert '"device": "cpu x2"' in trained.stdout and '"steps": 20' in trained.stdout
+    resumed = signlock(one_worker, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "from step 20 on 1 workers" in resumed.stderr
+    assert '"device": "cpu x1"' in resumed.stdout and '"steps": 20' in resumed.stdout
+
+
+def test_the_workers_table_is_the_planners():
+    from signlock.search_spaces.memory import estimate_memory
+    from signlock.search_spaces.plan import vocab_size
+    from signlock.search_spaces.presets import trial_preset
+    from signlock.trainables.families.gpt import SCALE_CONFIGS
+
+    rows = re.findall(r"^\| `(scale-[^`]+)`(?: to `(scale-[^`]+)`)? \| (.+) \|$", README, re.M)
+    assert rows, "the workers table moved; update this test"
+    names = [name for name in SCALE_CONFIGS if name != "scale-debug"]
+    covered = []
+    for first, last, cells in rows:
+        span = names[names.index(first) : names.index(last or first) + 1]
+        wanted = [int(c) for c in cells.split(" | ")]
+        for name in span:
+            cfg = trial_preset(name)
+            estimate = estimate_memory(cfg, vocab_size(cfg))
+            assert [estimate.workers_needed(gb) for gb in (24, 40, 80, 141)] == wanted, name
+        covered += span
+    assert covered == names

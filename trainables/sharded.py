@@ -134,6 +134,20 @@ class ShardedTrial(Trial):
             self.interventions, self.model, self.rank, self.world
         )
 
+    def _make_optimizer(self) -> tuple[torch.optim.Optimizer, str]:
+        """``torch.optim.AdamW`` on the shards: bitsandbytes' AdamW8bit is not FSDP2-safe
+        (bitsandbytes#1633), so ``optim.eight_bit`` is not honoured here (the planner counts
+        AdamW's two moments for sharded trials)."""
+        opt = self.cfg.optim
+        optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=opt.lr,
+            betas=(opt.beta1, opt.beta2),
+            eps=opt.eps,
+            weight_decay=opt.weight_decay,
+        )
+        return optimizer, "AdamW"
+
     def _make_tracker(self) -> ShardedSignTracker | None:  # type: ignore[override]
         tracker_cfg = self.cfg.tracker
         if not tracker_cfg.enabled:

@@ -145,7 +145,7 @@ class Trial:
         self.interventions = Interventions(cfg, self.model)
         self.interventions.initialize(cfg.seed)
         self._after_initialization()
-        self.optimizer, self.optimizer_name = _make_optimizer(cfg, self.model, self.device)
+        self.optimizer, self.optimizer_name = self._make_optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, LRMultiplier.from_config(cfg.schedule, cfg.steps)
         )
@@ -178,6 +178,9 @@ class Trial:
 
     def _sum_over_ranks(self, value: float) -> float:
         return value
+
+    def _make_optimizer(self) -> tuple[torch.optim.Optimizer, str]:
+        return _make_optimizer(self.cfg, self.model, self.device)
 
     def _make_tracker(self) -> SignTracker | None:
         tracker_cfg = self.cfg.tracker

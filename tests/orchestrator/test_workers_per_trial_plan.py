@@ -12,9 +12,10 @@ def test_sharding_divides_state_and_adds_the_gather_buffers():
     cfg = trial_preset("scale-12.9b")
     estimate = estimate_memory(cfg, vocab_size(cfg))
     two = estimate.per_device_peak(2)
-    # state and tracker halve, activations per worker halve, two blocks' and the root's buffers
+    # state (AdamW's moments: no 8-bit AdamW under FSDP2) and tracker halve, so do the
+    # activations (half the batch each); plus two blocks' and the root's buffers
     expected = (
-        (estimate.state + estimate.tracker) / 2
+        (estimate.weights + estimate.gradients + estimate.optimizer_adamw + estimate.tracker) / 2
         + 2 * estimate.root_weights
         + 4 * estimate.largest_block
         + max(estimate.activations_used, estimate.tracker_observing) / 2
@@ -23,7 +24,7 @@ def test_sharding_divides_state_and_adds_the_gather_buffers():
     assert two == int(expected)
     assert estimate.per_device_peak(1) == estimate.peak
     assert estimate.largest_block > 0 and estimate.per_device_peak(4) < two < estimate.peak
-    assert [estimate.workers_needed(gb) for gb in COMMON_GPUS_GB] == [4, 3, 2, 2, 1]
+    assert [estimate.workers_needed(gb) for gb in COMMON_GPUS_GB] == [5, 3, 3, 2, 1]
 
 
 def test_plan_with_two_workers_fits_80gb_and_one_worker_is_refused(cli_in_process, tmp_path):
@@ -34,7 +35,7 @@ def test_plan_with_two_workers_fits_80gb_and_one_worker_is_refused(cli_in_proces
     fits = cli_in_process(*args, "--workers-per-trial", "2", cwd=tmp_path)
     assert fits.returncode == 0, fits.stderr
     assert "per device, 2 FSDP workers per trial" in fits.stdout
-    assert "FSDP workers (GPUs) one trial needs: 24 GB: 4, 40 GB: 3" in fits.stdout
+    assert "FSDP workers (GPUs) one trial needs: 24 GB: 5, 40 GB: 3" in fits.stdout
 
 
 def test_bad_worker_counts_and_sharded_sweeps_are_refused_in_one_line(cli_in_process, tmp_path):
