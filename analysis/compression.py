@@ -50,7 +50,7 @@ from signlock.analysis.compressors import (
 )
 from signlock.analysis.outputs import Outputs
 from signlock.trainables.errors import ConfigError
-from signlock.trainables.files import atomic_path, load_torch_file, write_parquet
+from signlock.trainables.files import atomic_path, write_parquet
 from signlock.trainables.layout import RunDir, SweepDir
 from signlock.trainables.schema import (
     VAL_ACCURACY,
@@ -59,6 +59,7 @@ from signlock.trainables.schema import (
     compression_metric,
     validation_objective,
 )
+from signlock.trainables.sharded import checkpoint_model_state
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -138,8 +139,7 @@ def compress_trial(job: CompressionJob) -> list[dict[str, Any]]:
     run_dir = Path(job.run_dir)
     cfg = load_run_config(run_dir).with_overrides({"device": "cpu"})
     trial = Trial(cfg, run_dir, progress=False)
-    state = load_torch_file(RunDir(run_dir).checkpoint, map_location="cpu")
-    trial.model.load_state_dict(state["model"])
+    trial.model.load_state_dict(checkpoint_model_state(RunDir(run_dir).checkpoint))
     targets = target_matrices(trial.model, job.targets)
     originals = {name: p.detach().clone() for name, p in targets}
     templates = Interventions(cfg, trial.model).templates

@@ -70,6 +70,7 @@ from signlock.trainables.files import (
     write_text,
 )
 from signlock.trainables.layout import RunDir, SweepDir
+from signlock.trainables.sharded import consolidated_model_state
 
 if TYPE_CHECKING:
     from signlock.analysis.sweep_data import Sweep
@@ -252,7 +253,9 @@ def is_run_directory(path: Path) -> bool:
 
 def checkpoint_weights(path: Path) -> NamedTensors:
     state = _load_checkpoint(path)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+    if isinstance(state, dict) and "state_dir" in state:  # a sharded trial's: consolidate it
+        state = consolidated_model_state(path, state)
+    elif isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     elif isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]

@@ -27,6 +27,7 @@ and the process group.
 from __future__ import annotations
 
 import math
+import pickle
 import shutil
 import uuid
 from pathlib import Path
@@ -49,6 +50,14 @@ from signlock.trainables.sharded_tracker import (
 )
 from signlock.trainables.trainer import Trial, checkpoint_files
 
+# What a DCP `.metadata` pickle may name (torch's FileSystemReader unpickles it unrestricted).
+_METADATA_GLOBALS = {
+    "torch.distributed.checkpoint.metadata": None,  # any of its dataclasses
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+    "pathlib": {"PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath"},
+    "collections": {"OrderedDict"},
+}
 STATE_DIR_PREFIX = "state-"
 TRACKER_PIECE = "tracker-rank{rank}.pt"
 
@@ -225,12 +234,16 @@ class ShardedTrial(Trial):
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
-        state = self._read_checkpoint(path, required={"config", "step", "state_dir"})
-        state_dir = path.parent / str(state["state_dir"])
-        if not (state_dir / ".metadata").is_file():
-            raise UnreadableFileError(state_dir, "sharded checkpoint without its .metadata")
+        state = self._read_checkpoint(path, required={"config", "step"})
+        if "state_dir" not in state:
+            raise ConfigError(
+                "workers_per_trial",
+                self.world,
+                f"1: {path} is a one-process checkpoint (resume it without --workers-per-trial)",
+            )
+        state_dir = sharded_state_dir(path, state)
         shards = self._state_dicts()
-        dcp.load(shards, checkpoint_id=state_dir)
+        dcp.load(shards, storage_reader=_safe_reader(state_dir))
         set_state_dict(
             self.model,
             self.optimizer,
@@ -243,6 +256,80 @@ class ShardedTrial(Trial):
                 raise UnreadableFileError(state_dir, "sharded checkpoint without tracker pieces")
             self.tracker.load_portable([load_torch_file(p) for p in pieces])
         self._load_progress(state)
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Unpickles only DCP metadata: its dataclasses, torch.Size, dtypes, paths."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "torch":
+            allowed = name == "Size" or isinstance(getattr(torch, name, None), torch.dtype)
+        else:
+            names = _METADATA_GLOBALS.get(module, set())
+            allowed = names is None or name in names
+        if not allowed:
+            raise pickle.UnpicklingError(f"refusing {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _safe_reader(state_dir: Path) -> Any:
+    """torch's DCP FileSystemReader whose ``.metadata`` is unpickled with an allowlist (tensor
+    and object data it already reads with ``weights_only=True``)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    class SafeReader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            path = state_dir / ".metadata"
+            try:
+                with path.open("rb") as handle:
+                    metadata = _MetadataUnpickler(handle).load()
+            except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as error:
+                raise UnreadableFileError(path, f"not DCP metadata ({error})") from None
+            if getattr(metadata, "storage_meta", None) is None:
+                from torch.distributed.checkpoint.metadata import StorageMeta
+
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return SafeReader(state_dir)
+
+
+def sharded_state_dir(path: Path, state: dict[str, Any]) -> Path:
+    """The DCP directory a sharded ``latest.pt``/``previous.pt`` names (checked to exist)."""
+    state_dir = path.parent / Path(str(state["state_dir"])).name
+    if not (state_dir / ".metadata").is_file():
+        raise UnreadableFileError(state_dir, "sharded checkpoint without its .metadata")
+    return state_dir
+
+
+def consolidated_model_state(path: Path, state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The whole model's weights (CPU tensors by parameter name) of the sharded checkpoint
+    ``path`` whose loaded contents are ``state``, read in this one process (``probe``,
+    ``compress``); no process group needed."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    state_dir = sharded_state_dir(path, state)
+    reader = _safe_reader(state_dir)
+    entries = reader.read_metadata().state_dict_metadata
+    model = {
+        key.removeprefix("model."): torch.empty(tuple(entry.size), dtype=entry.properties.dtype)
+        for key, entry in entries.items()
+        if key.startswith("model.") and isinstance(entry, TensorStorageMetadata)
+    }
+    dcp.load({"model": model}, storage_reader=_safe_reader(state_dir))
+    return model
+
+
+def checkpoint_model_state(path: Path) -> dict[str, torch.Tensor]:
+    """The model weights of a trial checkpoint, one-process or sharded (consolidated)."""
+    state = load_torch_file(path, map_location="cpu")
+    if isinstance(state, dict) and "state_dir" in state:
+        return consolidated_model_state(path, state)
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise UnreadableFileError(path, "not a signlock trial checkpoint")
+    return state["model"]
 
 
 def _remove_unnamed_state_dirs(path: Path) -> None:

@@ -4,19 +4,23 @@ global batch; its checkpoint resumes under other world sizes."""
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import socket
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from signlock.analysis.probe_run import checkpoint_weights
 from signlock.trainables.config import TrialConfig
 from signlock.trainables.errors import ConfigError
+from signlock.trainables.files import UnreadableFileError
 from signlock.trainables.interventions import resolve_targets
-from signlock.trainables.sharded import ShardedTrial, dim0_rows
+from signlock.trainables.sharded import ShardedTrial, checkpoint_model_state, dim0_rows
 from signlock.trainables.trainer import Trial
 
 STEPS, HALF = 20, 10
@@ -84,9 +88,14 @@ def rank_main(rank, world, port, run_dir, stop_at, sampled):
                 if trial._should_log():
                     trial._log_row()
                     trial._maybe_checkpoint()
+        final = {
+            name: value.full_tensor() if hasattr(value, "full_tensor") else value
+            for name, value in trial.model.state_dict().items()
+        }
         if rank == 0:
             restored = trial.restored.step if trial.restored is not None else None
-            torch.save({"signs": signs, "restored": restored}, Path(run_dir) / "started.pt")
+            saved = {"signs": signs, "restored": restored, "final": final}
+            torch.save(saved, Path(run_dir) / "started.pt")
     finally:
         dist.destroy_process_group()
 
@@ -131,6 +140,7 @@ def test_two_workers_match_one_process_then_resume_on_three_and_on_one(tmp_path)
     assert all(torch.equal(started["signs"][n], want_signs[n]) for n in want_signs)
     assert started["restored"] is None
     assert_same_run(two, single)
+    assert_consolidated_weights_match(two, started["final"])
 
     killed = run_sharded(2, tmp_path / "killed", stop_at=HALF)  # the first half, then it ends
     assert len(list((killed / "checkpoints").glob("state-*"))) == 2  # steps 5 and 10
@@ -141,6 +151,33 @@ def test_two_workers_match_one_process_then_resume_on_three_and_on_one(tmp_path)
         assert torch.load(resumed / "started.pt", weights_only=True)["restored"] == HALF
         assert_same_run(resumed, single)
         assert len(list((resumed / "checkpoints").glob("state-*"))) == 2  # latest and previous
+
+
+def assert_consolidated_weights_match(run_dir: Path, want: dict[str, torch.Tensor]) -> None:
+    """``probe``/``compress`` read a sharded checkpoint whole, in one process: the weights the
+    workers ended with, exactly."""
+    checkpoint = run_dir / "checkpoints" / "latest.pt"
+    weights = checkpoint_model_state(checkpoint)
+    assert weights.keys() == want.keys()
+    assert all(torch.equal(weights[name], value) for name, value in want.items())
+    probed = dict(checkpoint_weights(checkpoint))
+    assert probed.keys() == want.keys()
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_a_pickle_in_dcp_metadata_is_refused_not_run(tmp_path):
+    state_dir = tmp_path / "checkpoints" / "state-000000005-abc"
+    state_dir.mkdir(parents=True)
+    (state_dir / ".metadata").write_bytes(pickle.dumps(RunsCode()))
+    checkpoint = tmp_path / "checkpoints" / "latest.pt"
+    torch.save({"config": {}, "step": 5, "state_dir": state_dir.name}, checkpoint)
+    with pytest.raises(UnreadableFileError, match=r"refusing posix.system|refusing os.system"):
+        checkpoint_model_state(checkpoint)
+    assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
 
 
 def test_sampled_tracking_and_projection_on_two_workers_match_one_process(tmp_path):
